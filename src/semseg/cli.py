@@ -1,0 +1,314 @@
+"""The ``semseg`` command line: train, evaluate, predict, demo, models."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from semseg.errors import SemsegError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Semantic segmentation of road scenes: FCN-8s on VGG16 for KITTI Road and friends.",
+)
+# Outside a terminal rich would wrap tables at 80 columns; logs and CI read better wider.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+STATE = {"debug": False}
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    STATE["debug"] = debug
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+        disable=not err_console.is_terminal,
+    )
+
+
+def build_train_config(
+    config: str | None,
+    resume: Path | None,
+    overrides: list[str],
+    flags: dict[str, object],
+):
+    """Config file (or the resumed run's), then --set overrides, then plain flags."""
+    from semseg.config import apply_overrides, load_config, set_field
+    from semseg.training import resolve_resume
+
+    if resume is not None:
+        cfg = load_config(str(resolve_resume(resume) / "config.yaml"))
+    else:
+        cfg = load_config(config or "kitti_fcn8s")
+    apply_overrides(cfg, overrides)
+    data_root = flags.pop("data.root", None)
+    if data_root is not None:
+        root_path = Path(str(data_root))
+        cfg.data.root = str(root_path)
+        cfg.data.kind = "folder" if (root_path / "images").is_dir() else "kitti"
+    for dotted, value in flags.items():
+        if value is not None:
+            set_field(cfg, dotted, value, source="flag")
+    return cfg
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Option(help="Config file or packaged name.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="KITTI data_road folder (or images/+masks/).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (see `semseg models`).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
+    keep_prob: Annotated[float | None, typer.Option(help="Dropout keep probability.")] = None,
+    height: Annotated[int | None, typer.Option(min=32)] = None,
+    width: Annotated[int | None, typer.Option(min=32)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder prefix).")] = None,
+    out_dir: Annotated[str | None, typer.Option(help="Where run folders go.")] = None,
+    precision: Annotated[str | None, typer.Option(help="32, bf16-mixed or 16-mixed.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu, ...")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto, a count, or ids like 0,1.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(min=1)] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, ddp, ddp_spawn, ...")] = None,
+    max_time: Annotated[float | None, typer.Option(help="Stop training after N seconds.")] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option("--pretrained", help="ImageNet weights.")
+    ] = None,
+    backbone_weights: Annotated[str | None, typer.Option(help="Local VGG16 state dict.")] = None,
+    skip_bad: Annotated[
+        bool | None, typer.Option("--skip-bad", help="Skip unreadable samples.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Run folder (or checkpoint) to resume.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow reusing an existing run folder.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+) -> None:
+    """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml)."""
+    from semseg.training import train as run_training
+
+    flags = {
+        "data.root": data,
+        "model.name": model,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "model.keep_prob": keep_prob,
+        "data.height": height,
+        "data.width": width,
+        "train.seed": seed,
+        "train.name": name,
+        "train.out_dir": out_dir,
+        "train.precision": precision,
+        "train.accelerator": accelerator,
+        "train.devices": devices,
+        "train.num_nodes": num_nodes,
+        "train.strategy": strategy,
+        "train.max_time_s": max_time,
+        "model.pretrained": pretrained,
+        "model.backbone_weights": backbone_weights,
+        "data.skip_bad": skip_bad,
+    }
+    cfg = build_train_config(config, resume, list(set_ or []), flags)
+    run_dir = run_training(cfg, resume=resume, overwrite=overwrite)
+    console.print(f"run folder: {run_dir}")
+    summary = run_dir / "eval_val.json"
+    if summary.is_file():
+        import json
+
+        print_scores(json.loads(summary.read_text()), title="validation (full resolution)")
+
+
+def print_scores(results: dict, title: str) -> None:
+    table = Table(title=title)
+    columns = (
+        "max_f",
+        "ap",
+        "precision",
+        "recall",
+        "fpr",
+        "fnr",
+        "best_threshold",
+        "iou",
+        "miou",
+        "pixel_accuracy",
+        "num_images",
+    )
+    headers = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "thresh", "IoU", "mIoU", "acc", "images")
+    table.add_column("group")
+    for header in headers:
+        table.add_column(header, justify="right")
+    for space, groups in results_by_space(results):
+        for group, values in groups.items():
+            label = group if space == "perspective" else f"{group} ({space})"
+            cells = []
+            for column in columns:
+                value = values.get(column)
+                if value is None:
+                    cells.append("")
+                elif column == "num_images":
+                    cells.append(str(int(value)))
+                elif column == "best_threshold":
+                    cells.append(f"{value:.3f}")
+                else:
+                    cells.append(f"{value:.2f}")
+            table.add_row(label, *cells)
+    console.print(table)
+
+
+def results_by_space(results: dict) -> list[tuple[str, dict]]:
+    if "spaces" in results:
+        return [(space, r["groups"]) for space, r in results["spaces"].items()]
+    return [(results.get("space", "perspective"), results["groups"])]
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    data: Annotated[Path, typer.Option(help="KITTI data_road folder, or images/+masks/.")],
+    split: Annotated[
+        str, typer.Option(help="all: every labelled image; val: the run's split.")
+    ] = "all",
+    out: Annotated[Path | None, typer.Option(help="JSON file for the results.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    class_table: Annotated[
+        str | None, typer.Option(help="YAML class table for colour masks.")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images without GT.")] = False,
+) -> None:
+    """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution."""
+    from semseg.data.datamodule import make_reader
+    from semseg.evaluation import (
+        data_config_for,
+        evaluate_samples,
+        labelled_samples,
+        val_split_names,
+    )
+    from semseg.inference.checkpoint import load_model
+    from semseg.io import write_json_atomic
+
+    if split not in ("all", "val"):
+        raise SemsegError(f"--split must be all or val, got {split!r}")
+    loaded = load_model(checkpoint)
+    samples = labelled_samples(data, skip_bad=skip_bad)
+    if split == "val":
+        names = set(val_split_names(checkpoint))
+        samples = [s for s in samples if s.name in names]
+        if not samples:
+            raise SemsegError(f"none of the run's validation images are in {data}")
+    data_config = data_config_for(data, class_table)
+    if data_config.kind == "kitti" and loaded.num_classes != 2:
+        raise SemsegError(f"{checkpoint} predicts {loaded.num_classes} classes; KITTI road has 2")
+    reader = make_reader(data_config, loaded.num_classes)
+    with progress_bar() as bar:
+        task = bar.add_task("evaluating", total=len(samples))
+        results = evaluate_samples(
+            loaded, samples, reader, batch_size, on_progress=lambda n: bar.advance(task, n)
+        )
+    results["split"] = split
+    out = out or checkpoint.parent / f"eval_{split}.json"
+    write_json_atomic(out, results)
+    print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
+    console.print(f"results: {out}")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+) -> None:
+    """Overlays, devkit-named road probabilities and label masks for images."""
+    from semseg.inference.checkpoint import load_model
+    from semseg.prediction import collect_inputs, predict_files, readable_inputs
+
+    loaded = load_model(checkpoint)
+    paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=len(paths))
+        count = predict_files(
+            loaded, paths, out, batch_size, on_progress=lambda n: bar.advance(task, n)
+        )
+    console.print(f"wrote {count} overlays, probabilities and labels to {out}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[str, typer.Option(help="Where the demo run goes.")] = "runs",
+    seconds: Annotated[float | None, typer.Option(help="Training budget in seconds.")] = None,
+) -> None:
+    """Train a small model on synthetic road scenes (no data, no network) and show the result."""
+    from semseg.demo import run_demo
+
+    report = run_demo(out_dir=out_dir, seconds=seconds)
+    print_scores(report.results, title="held-out synthetic scenes")
+    console.print(f"run folder: {report.run_dir}")
+    console.print(f"report: {report.run_dir / 'report.md'}")
+    console.print(f"overlays: {report.run_dir / 'heldout_overlays'}")
+    console.print(f"held-out road IoU: {report.road_iou:.2f}%")
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the models ``--model`` accepts."""
+    from semseg.models import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit non-zero, never a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except SemsegError as error:
+        report_error(str(error))
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as error:  # a bug or an environment problem: still one line unless --debug
+        report_error(f"{type(error).__name__}: {error}".splitlines()[0])
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def report_error(message: str) -> None:
+    if STATE["debug"] or "--debug" in sys.argv:
+        traceback.print_exc()
+    print(f"semseg: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

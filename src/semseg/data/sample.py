@@ -1,0 +1,17 @@
+"""One labelled (or unlabelled) image of any dataset kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image, its target mask file (if labelled) and its calibration (KITTI, if any)."""
+
+    name: str  # file stem, e.g. "um_000000"
+    category: str  # KITTI category (um, umm, uu) or "all" for other datasets
+    image_path: Path
+    target_path: Path | None = None
+    calib_path: Path | None = None

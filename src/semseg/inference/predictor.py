@@ -1,0 +1,55 @@
+"""Full-resolution class probabilities from a trained model, in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semseg.data.transforms import image_to_tensor
+from semseg.inference.checkpoint import LoadedModel
+
+
+class Predictor:
+    """Resizes each image to the training size, runs the model, upsamples logits back.
+
+    ``predict(images)`` yields ``(C, H, W)`` float32 probabilities, one per input image at the
+    image's own size (bilinear upsampling of the logits, then softmax).
+    """
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 4, device: str = "cpu") -> None:
+        self.loaded = loaded
+        self.batch_size = max(1, batch_size)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+
+    @property
+    def positive_class(self) -> int:
+        return self.loaded.positive_class
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        height, width = self.loaded.input_size
+        batch = torch.stack([image_to_tensor(image, height, width) for image in images])
+        logits = self.model(batch.to(self.device)).float()
+        probabilities = []
+        for index, image in enumerate(images):
+            full = F.interpolate(
+                logits[index : index + 1],
+                size=image.shape[:2],
+                mode="bilinear",
+                align_corners=False,
+            )
+            probabilities.append(full.softmax(dim=1)[0].cpu().numpy())
+        return probabilities
+
+    def predict(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        for start in range(0, len(images), self.batch_size):
+            yield from self.predict_batch(images[start : start + self.batch_size])
+
+
+def confidence_levels(probability: np.ndarray) -> np.ndarray:
+    """A [0, 1] map as 8-bit levels, rounded as the devkit's metrics quantise it."""
+    return np.round(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)

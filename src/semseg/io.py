@@ -1,0 +1,114 @@
+"""Reading images safely and writing every output atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from semseg.errors import SemsegError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger images are refused rather than exhausting memory
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; rename it over ``path`` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as stream:
+        stream.write(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 HxW or HxWx3 array as PNG, atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image, turning every decoding failure into a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemsegError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise SemsegError(f"empty file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise SemsegError(f"image too large ({width}x{height}): {path}")
+            image.load()
+    except SemsegError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise SemsegError(f"cannot read image {path}: {first_line(error)}") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SemsegError(f"image too large: {path}") from error
+    return image
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` from any PIL mode (grey, palette, RGBA, 16-bit grey)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bits rather than letting PIL clip at 255.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max() > 255 else 255.0
+        grey = np.clip(np.round(values / peak * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 ``(H, W, 3)``; a clear error for anything unreadable."""
+    return to_rgb_array(open_image(path))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SemsegError(f"folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,7 @@
+"""Segmentation models and their registry: ``build_model(name, num_classes, **options)``."""
+
+from semseg.models import fcn  # noqa: F401  (registers the FCN family)
+from semseg.models.base import SegmentationModel
+from semseg.models.registry import build_model, list_models, register_model
+
+__all__ = ["SegmentationModel", "build_model", "list_models", "register_model"]

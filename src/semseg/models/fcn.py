@@ -1,0 +1,165 @@
+"""Fully convolutional networks on VGG16: FCN-32s, FCN-16s, FCN-8s and the exercise's FCN-8.
+
+Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015.
+
+All models map ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from semseg.errors import SemsegError
+from semseg.models.base import SegmentationModel, bilinear_upsampler, crop_like
+from semseg.models.registry import register_model
+from semseg.models.vgg import VGG16Encoder, imagenet_vgg16_state_dict, load_state_dict_file
+
+FINAL_STRIDE = {"32s": 32, "16s": 16, "8s": 8}
+
+
+def build_encoder(
+    keep_prob: float,
+    width_mult: float,
+    pretrained: bool,
+    backbone_weights: str | Path | None,
+    backbone: str = "vgg16",
+) -> VGG16Encoder:
+    """A VGG16 encoder, optionally with ImageNet weights (download) or a local state dict."""
+    if backbone != "vgg16":
+        raise SemsegError(f"unknown backbone {backbone!r} for FCN; available: vgg16")
+    if pretrained and backbone_weights:
+        raise SemsegError("give either --pretrained or --backbone-weights, not both")
+    encoder = VGG16Encoder(keep_prob=keep_prob, width_mult=width_mult)
+    if pretrained:
+        encoder.load_torchvision_state_dict(imagenet_vgg16_state_dict())
+    elif backbone_weights:
+        encoder.load_torchvision_state_dict(load_state_dict_file(backbone_weights))
+    return encoder
+
+
+def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1x1 class-score convolution initialised to zero, as in Long et al."""
+    layer = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FCN(SegmentationModel):
+    """FCN-32s / FCN-16s / FCN-8s (Long et al., CVPR 2015) on a VGG16 encoder.
+
+    Scores from fc7 (stride 32) are upsampled 2x by a learned transposed convolution
+    (bilinear init), cropped and summed with 1x1 scores of pool4 (FCN-16s), again with pool3
+    (FCN-8s), then upsampled to the input by a transposed convolution fixed to bilinear
+    interpolation (kernel 2s, stride s; s = 32, 16 or 8), as the paper prescribes.
+
+    Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        variant: str = "8s",
+        keep_prob: float = 0.5,
+        width_mult: float = 1.0,
+        pretrained: bool = False,
+        backbone_weights: str | Path | None = None,
+        backbone: str = "vgg16",
+    ) -> None:
+        super().__init__(num_classes)
+        if variant not in FINAL_STRIDE:
+            raise SemsegError(f"unknown FCN variant {variant!r}")
+        self.variant = variant
+        self.encoder = build_encoder(keep_prob, width_mult, pretrained, backbone_weights, backbone)
+        self.score_fr = zero_conv1x1(self.encoder.fc7_channels, num_classes)
+        if variant in ("16s", "8s"):
+            self.score_pool4 = zero_conv1x1(self.encoder.pool4_channels, num_classes)
+            self.upscore2 = bilinear_upsampler(num_classes, 2)
+        if variant == "8s":
+            self.score_pool3 = zero_conv1x1(self.encoder.pool3_channels, num_classes)
+            self.upscore_pool4 = bilinear_upsampler(num_classes, 2)
+        self.final_stride = FINAL_STRIDE[variant]
+        self.upscore_final = bilinear_upsampler(num_classes, self.final_stride, learnable=False)
+
+    def forward_normalized(self, x: Tensor) -> Tensor:
+        features = self.encoder(x)
+        score = self.score_fr(features.fc7)
+        if self.variant in ("16s", "8s"):
+            pool4_score = self.score_pool4(features.pool4)
+            score = crop_like(self.upscore2(score), pool4_score, offset=1) + pool4_score
+        if self.variant == "8s":
+            pool3_score = self.score_pool3(features.pool3)
+            score = crop_like(self.upscore_pool4(score), pool3_score, offset=1) + pool3_score
+        return crop_like(self.upscore_final(score), x, offset=self.final_stride // 2)
+
+
+class FCN8sSeed(SegmentationModel):
+    """The reference exercise's FCN-8 decoder on VGG16 (after Long et al., CVPR 2015).
+
+    1x1 convolution of layer 7 to the class count; transposed conv (k4, s2) to pool4's channels,
+    plus pool4; transposed conv (k4, s2) to pool3's channels, plus pool3; transposed conv
+    (k16, s8) to the class count. The decoder is initialised with N(0, 0.01) weights, as in the
+    exercise. Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        keep_prob: float = 0.5,
+        width_mult: float = 1.0,
+        pretrained: bool = False,
+        backbone_weights: str | Path | None = None,
+        backbone: str = "vgg16",
+    ) -> None:
+        super().__init__(num_classes)
+        self.encoder = build_encoder(keep_prob, width_mult, pretrained, backbone_weights, backbone)
+        pool4_channels = self.encoder.pool4_channels
+        pool3_channels = self.encoder.pool3_channels
+        self.layer7_score = nn.Conv2d(self.encoder.fc7_channels, num_classes, kernel_size=1)
+        self.up_to_pool4 = nn.ConvTranspose2d(num_classes, pool4_channels, 4, stride=2)
+        self.up_to_pool3 = nn.ConvTranspose2d(pool4_channels, pool3_channels, 4, stride=2)
+        self.up_to_input = nn.ConvTranspose2d(pool3_channels, num_classes, 16, stride=8)
+        for layer in (self.layer7_score, self.up_to_pool4, self.up_to_pool3, self.up_to_input):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward_normalized(self, x: Tensor) -> Tensor:
+        features = self.encoder(x)
+        score = self.layer7_score(features.fc7)
+        score = crop_like(self.up_to_pool4(score), features.pool4, offset=1) + features.pool4
+        score = crop_like(self.up_to_pool3(score), features.pool3, offset=1) + features.pool3
+        return crop_like(self.up_to_input(score), x, offset=4)
+
+
+@register_model("fcn32s")
+def fcn32s(num_classes: int, **options: object) -> FCN:
+    """FCN-32s: fc7 scores upsampled 32x, no skips."""
+    return FCN(num_classes, variant="32s", **options)
+
+
+@register_model("fcn16s")
+def fcn16s(num_classes: int, **options: object) -> FCN:
+    """FCN-16s: one skip from pool4."""
+    return FCN(num_classes, variant="16s", **options)
+
+
+@register_model("fcn8s")
+def fcn8s(num_classes: int, **options: object) -> FCN:
+    """FCN-8s: skips from pool4 and pool3."""
+    return FCN(num_classes, variant="8s", **options)
+
+
+@register_model("fcn8s-seed")
+def fcn8s_seed(num_classes: int, **options: object) -> FCN8sSeed:
+    """The reference exercise's FCN-8 decoder."""
+    return FCN8sSeed(num_classes, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, trainable or not."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+__all__ = ["FCN", "FCN8sSeed", "count_parameters"]

@@ -1,0 +1,98 @@
+"""``semseg predict``: overlays, devkit-named road probabilities and label masks for images.
+
+For an input ``um_000000.png`` it writes::
+
+    OUT/overlay/um_000000.png     the image with the predicted road in translucent green
+    OUT/prob/um_road_000000.png   8-bit road probability (0..255), named as the devkit expects
+    OUT/label/um_000000.png       class indices (8-bit)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from semseg.data.kitti import kitti_gt_name
+from semseg.errors import SemsegError
+from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.predictor import Predictor, confidence_levels
+from semseg.inference.visualize import overlay
+from semseg.io import IMAGE_SUFFIXES, list_images, read_rgb, write_png_atomic
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found in the named folders, in the given order."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_images(path))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise SemsegError(f"input not found: {path}")
+    if not paths:
+        raise SemsegError("no images found in the inputs")
+    stems = [p.stem for p in paths]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise SemsegError(f"two inputs share the name {duplicates[0]!r}; outputs would collide")
+    unsupported = [p for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if unsupported:
+        raise SemsegError(f"not an image file: {unsupported[0]}")
+    return paths
+
+
+def readable_inputs(
+    paths: Sequence[Path], skip_bad: bool, warn: Callable[[str], None]
+) -> list[Path]:
+    """Decode every input once before anything is written; bad ones fail or are skipped."""
+    good = []
+    for path in paths:
+        try:
+            read_rgb(path)
+        except SemsegError as error:
+            if not skip_bad:
+                raise
+            warn(f"skipped: {error}")
+            continue
+        good.append(path)
+    if not good:
+        raise SemsegError("no readable images among the inputs")
+    return good
+
+
+def predict_files(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    out_dir: Path,
+    batch_size: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write the three outputs for each path; returns the number of images written."""
+    predictor = Predictor(loaded, batch_size=batch_size)
+    written = 0
+    for start in range(0, len(paths), predictor.batch_size):
+        chunk = paths[start : start + predictor.batch_size]
+        images = [read_rgb(path) for path in chunk]
+        for path, image, probability in zip(
+            chunk, images, predictor.predict_batch(images), strict=True
+        ):
+            write_outputs(out_dir, path.stem, image, probability, loaded.positive_class)
+            written += 1
+        if on_progress is not None:
+            on_progress(len(chunk))
+    return written
+
+
+def write_outputs(
+    out_dir: Path, stem: str, image: np.ndarray, probability: np.ndarray, positive: int
+) -> None:
+    labels = probability.argmax(axis=0).astype(np.uint8)
+    write_png_atomic(out_dir / "overlay" / f"{stem}.png", overlay(image, labels == positive))
+    write_png_atomic(
+        out_dir / "prob" / f"{kitti_gt_name(stem)}.png", confidence_levels(probability[positive])
+    )
+    write_png_atomic(out_dir / "label" / f"{stem}.png", labels)

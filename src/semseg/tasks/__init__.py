@@ -1,0 +1,5 @@
+"""Lightning tasks."""
+
+from semseg.tasks.segmentation import SegmentationTask
+
+__all__ = ["SegmentationTask"]

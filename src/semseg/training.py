@@ -1,0 +1,270 @@
+"""One training run, top to bottom: run folder, data, split, task, trainer, outputs.
+
+Everything a run produces lands in ``runs/<name>-<timestamp>/``::
+
+    config.yaml       the resolved configuration
+    split.json        the train/val split (names), reused on --resume
+    train.log         one line per epoch: time, epoch, mean training loss, validation scores
+    metrics.csv       Lightning's CSV log;  tensorboard/  TensorBoard events
+    checkpoints/      last.ckpt and best.ckpt (best validation MaxF)
+    curves.png        loss and validation scores per epoch
+    overlays/         validation images with the predicted road in green
+    eval_val.json     devkit metrics of best.ckpt on the validation split, full resolution
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from semseg.config import Config, save_config, validate
+from semseg.data.datamodule import SegmentationDataModule, index_samples, make_reader, make_split
+from semseg.data.kitti import read_split, write_split
+from semseg.errors import SemsegError
+from semseg.evaluation import evaluate_samples
+from semseg.inference.checkpoint import load_model
+from semseg.inference.predictor import Predictor
+from semseg.inference.visualize import overlay, plot_curves
+from semseg.io import atomic_open, write_json_atomic, write_png_atomic
+from semseg.tasks.segmentation import SegmentationTask
+
+RUN_DIR_ENV = "SEMSEG_RUN_DIR"  # lets DDP worker processes find the run folder of rank 0
+
+
+class EpochLog(Callback):
+    """Appends ``time, epoch, mean loss, validation scores`` to ``train.log`` each epoch.
+
+    The line is written before the epoch's checkpoint is saved; on resume, lines of epochs
+    after the checkpoint (a run killed between the two) are dropped so the log stays complete
+    and free of duplicates.
+    """
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        self.path = path
+        self.echo = echo
+        self._loss_sum = 0.0
+        self._count = 0
+        self._epoch_start = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.path.is_file():
+            completed = trainer.current_epoch
+            kept = [
+                line for line in self.path.read_text().splitlines() if _epoch_of(line) <= completed
+            ]
+            with atomic_open(self.path, "w") as stream:
+                stream.write("".join(f"{line}\n" for line in kept))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loss_sum, self._count = 0.0, 0
+        self._epoch_start = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        size = batch[0].shape[0]
+        self._loss_sum += float(loss.detach()) * size
+        self._count += size
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        totals = torch.tensor([self._loss_sum, float(self._count)], dtype=torch.float64)
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        mean_loss = float(totals[0] / max(float(totals[1]), 1.0))
+        metrics = trainer.callback_metrics
+        scores = "  ".join(
+            f"{key} {float(metrics[key]):.2f}" for key in ("val_maxf", "val_iou") if key in metrics
+        )
+        line = (
+            f"{datetime.now().isoformat(timespec='seconds')}  "
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
+            f"loss {mean_loss:.4f}  {scores}  {time.monotonic() - self._epoch_start:.1f}s"
+        )
+        if trainer.is_global_zero:
+            with self.path.open("a") as stream:
+                stream.write(line + "\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+            if self.echo:
+                print(line, flush=True)
+
+
+def _epoch_of(line: str) -> int:
+    words = line.split()
+    try:
+        return int(words[words.index("epoch") + 1].split("/")[0])
+    except (ValueError, IndexError):
+        return 0
+
+
+def new_run_dir(config: Config, overwrite: bool = False) -> Path:
+    """``out_dir/name-timestamp``; refuses to reuse a folder unless ``overwrite``."""
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
+    if run_dir.exists() and not overwrite:
+        raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def prepare_data(config: Config, run_dir: Path) -> None:
+    """Synthetic data is generated once into the run folder and then read as KITTI."""
+    if config.data.kind != "synthetic":
+        return
+    from semseg.data.synthetic import write_kitti_layout
+
+    data_dir = run_dir / "data"
+    height, width = config.data.synthetic_size
+    if not (data_dir / "training" / "image_2").is_dir():
+        write_kitti_layout(
+            data_dir,
+            num_train=config.data.synthetic_train,
+            seed=config.train.seed,
+            height=height,
+            width=width,
+        )
+    config.data.kind = "kitti"
+    config.data.root = str(data_dir)
+
+
+def parse_devices(devices: str) -> int | list[int] | str:
+    text = str(devices).strip()
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return [int(item) for item in text.split(",") if item.strip()]
+    return text
+
+
+def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
+    train = config.train
+    echo = not progress
+    callbacks: list[Callback] = [
+        EpochLog(run_dir / "train.log", echo=echo),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val_maxf",
+            mode="max",
+            save_last=True,
+            enable_version_counter=False,
+        ),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar(leave=True))
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=train.epochs,
+        max_time={"seconds": train.max_time_s} if train.max_time_s else None,
+        accelerator=train.accelerator,
+        devices=parse_devices(train.devices),
+        num_nodes=train.num_nodes,
+        strategy=train.strategy,
+        precision=train.precision,
+        logger=[
+            CSVLogger(run_dir, name="", version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        ],
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        deterministic="warn",
+    )
+
+
+def build_task(config: Config) -> SegmentationTask:
+    model = config.model
+    options = {
+        "keep_prob": model.keep_prob,
+        "width_mult": model.width_mult,
+        "backbone": model.backbone,
+        "pretrained": model.pretrained,
+        "backbone_weights": model.backbone_weights,
+    }
+    class_names = ["not road", "road"] if config.data.kind == "kitti" else None
+    return SegmentationTask(
+        model_name=model.name,
+        num_classes=model.num_classes,
+        model_options=options,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        class_names=class_names,
+        input_size=[config.data.height, config.data.width],
+    )
+
+
+def resolve_resume(resume: str | Path) -> Path:
+    """The run folder named by ``--resume`` (the folder itself or one of its checkpoints)."""
+    path = Path(resume)
+    run_dir = path.parent.parent if path.suffix == ".ckpt" else path
+    if not (run_dir / "config.yaml").is_file():
+        raise SemsegError(f"--resume {resume}: not a semseg run folder (no config.yaml)")
+    return run_dir
+
+
+def train(config: Config, resume: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Train as configured; returns the run folder."""
+    validate(config)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    prepare_data(config, run_dir)
+    samples = index_samples(config.data)
+    split_path = run_dir / "split.json"
+    if split_path.is_file():
+        split = read_split(split_path)
+    else:
+        split = make_split(samples, config.data.val_fraction, config.train.seed)
+        write_split(split_path, split)
+    save_config(config, run_dir / "config.yaml")
+    datamodule = SegmentationDataModule(config, samples, split)
+    task = build_task(config)
+    progress = config.train.progress and sys.stdout.isatty()
+    trainer = build_trainer(config, run_dir, progress)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = last if resume and last.is_file() else None
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        finish_run(config, run_dir, datamodule)
+    return run_dir
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    best = run_dir / "checkpoints" / "best.ckpt"
+    return best if best.is_file() else run_dir / "checkpoints" / "last.ckpt"
+
+
+def finish_run(config: Config, run_dir: Path, datamodule: SegmentationDataModule) -> dict:
+    """Curves, overlays of validation images and the full-resolution validation scores."""
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=run_dir.name)
+    loaded = load_model(best_checkpoint(run_dir))
+    reader = make_reader(config.data, config.model.num_classes)
+    samples = datamodule.val_samples
+    results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
+    results["split"] = "val"
+    write_json_atomic(run_dir / "eval_val.json", results)
+    write_overlays(loaded, samples[: config.train.overlay_samples], reader, run_dir / "overlays")
+    return results
+
+
+def write_overlays(loaded, samples, reader, out_dir: Path) -> None:
+    predictor = Predictor(loaded)
+    images = [reader(sample)[0] for sample in samples]
+    for sample, image, probability in zip(samples, images, predictor.predict(images), strict=True):
+        road = probability.argmax(axis=0) == loaded.positive_class
+        write_png_atomic(out_dir / f"{sample.name}.png", overlay(image, road))
