@@ -13,6 +13,6 @@ def test_ruff_clean():
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is part of the test extra: pip install -e '.[test]'")
-    result = subprocess.run([ruff, "check", "src", "tests", "benchmarks"], cwd=ROOT,
-                            capture_output=True, text=True)
+    paths = [name for name in ("src", "tests", "benchmarks") if (ROOT / name).is_dir()]
+    result = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
