@@ -1,4 +1,5 @@
-"""The ``semseg`` command line: train, evaluate, predict, demo, models."""
+"""The ``semseg`` command line: train, evaluate, predict, kitti-submission, bev, sweep, compare,
+demo, models."""
 
 from __future__ import annotations
 
@@ -198,6 +199,9 @@ def evaluate(
         str | None, typer.Option(help="YAML class table for colour masks.")
     ] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images without GT.")] = False,
+    space: Annotated[
+        str, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
+    ] = "perspective",
 ) -> None:
     """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution."""
     from semseg.data.datamodule import make_reader
@@ -212,6 +216,8 @@ def evaluate(
 
     if split not in ("all", "val"):
         raise SemsegError(f"--split must be all or val, got {split!r}")
+    if space not in ("perspective", "bev", "both"):
+        raise SemsegError(f"--space must be perspective, bev or both, got {space!r}")
     loaded = load_model(checkpoint)
     samples = labelled_samples(data, skip_bad=skip_bad)
     if split == "val":
@@ -226,10 +232,17 @@ def evaluate(
     with progress_bar() as bar:
         task = bar.add_task("evaluating", total=len(samples))
         results = evaluate_samples(
-            loaded, samples, reader, batch_size, on_progress=lambda n: bar.advance(task, n)
+            loaded,
+            samples,
+            reader,
+            batch_size,
+            on_progress=lambda n: bar.advance(task, n),
+            space=space,
+            warn=lambda message: err_console.print(f"warning: {message}"),
         )
     results["split"] = split
-    out = out or checkpoint.parent / f"eval_{split}.json"
+    suffix = "" if space == "perspective" else f"_{space}"
+    out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
     console.print(f"results: {out}")
@@ -257,6 +270,53 @@ def predict(
     console.print(f"wrote {count} overlays, probabilities and labels to {out}")
 
 
+@app.command("kitti-submission")
+def kitti_submission(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    data: Annotated[Path, typer.Option(help="KITTI data_road folder (holds testing/).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kitti_submission"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip test images without calib (counted).")
+    ] = False,
+) -> None:
+    """BEV road confidences of testing/image_2, named and zipped for the KITTI road benchmark."""
+    from semseg.inference.checkpoint import load_model
+    from semseg.submission import submission_inputs, write_submission
+
+    loaded = load_model(checkpoint)
+    if loaded.num_classes != 2:
+        raise SemsegError(f"{checkpoint} predicts {loaded.num_classes} classes; KITTI road has 2")
+    items = submission_inputs(
+        data, skip_bad, warn=lambda message: err_console.print(f"warning: {message}")
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=len(items))
+        result = write_submission(
+            loaded, items, out, batch_size, on_progress=lambda n: bar.advance(task, n)
+        )
+    console.print(f"wrote {len(result.files)} BEV results to {out / 'bev'}")
+    console.print(f"upload: {result.archive}")
+
+
+@app.command("bev")
+def bev_command(
+    source: Annotated[Path, typer.Argument(help="Image, probability PNG or devkit GT PNG.")],
+    calib: Annotated[Path, typer.Option(help="KITTI calib file of that image.")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    sampling: Annotated[
+        str, typer.Option(help="nearest or bilinear (ground truth is always nearest).")
+    ] = "nearest",
+) -> None:
+    """Warp an image to the KITTI road benchmark's bird's-eye view (400 x 800, 5 cm cells)."""
+    from semseg.bev import warp_image_file
+
+    if sampling not in ("nearest", "bilinear"):
+        raise SemsegError(f"--sampling must be nearest or bilinear, got {sampling!r}")
+    kind = warp_image_file(source, calib, out, sampling)  # type: ignore[arg-type]
+    console.print(f"wrote the BEV of {source} ({kind}) to {out}")
+
+
 @app.command()
 def demo(
     out_dir: Annotated[str, typer.Option(help="Where the demo run goes.")] = "runs",
@@ -271,6 +331,101 @@ def demo(
     console.print(f"report: {report.run_dir / 'report.md'}")
     console.print(f"overlays: {report.run_dir / 'heldout_overlays'}")
     console.print(f"held-out road IoU: {report.road_iou:.2f}%")
+
+
+@app.command()
+def sweep(
+    config: Annotated[str | None, typer.Option(help="Config file or packaged name.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="section.field=v1,v2,... (a grid axis) or =value."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="KITTI data_road folder (or images/+masks/).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Sweep folder (default runs/sweep-NAME-TIME).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the sweep in this folder.")
+    ] = None,
+    rank_by: Annotated[
+        str | None, typer.Option(help="max_f (default), ap, iou, train_loss or val_loss.")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Settings trained in parallel.")] = 1,
+    grid_images: Annotated[
+        int | None, typer.Option(min=1, help="Validation images (rows) in grid.png.")
+    ] = None,
+) -> None:
+    """Train a grid of settings and rank them by validation MaxF (table, curves, grid)."""
+    from semseg.experiments import load_sweep, normalize_rank_key, plan_sweep, run_sweep
+
+    if resume is not None:
+        if config is not None or set_ or data is not None or out is not None:
+            raise SemsegError("--resume takes the sweep from its sweep.json: drop --config, "
+                              "--set, --data and --out")
+        plan = load_sweep(resume)
+        if rank_by is not None:
+            plan.rank_by = normalize_rank_key(rank_by)
+        if grid_images is not None:
+            plan.grid_images = grid_images
+    else:
+        plan = plan_sweep(config, list(set_ or []), data, out, rank_by, grid_images)
+    console.print(f"sweep folder: {plan.sweep_dir} ({len(plan.settings)} settings)")
+    outcome = run_sweep(plan, jobs=jobs, on_event=console.print)
+    if outcome.report is not None:
+        print_report(outcome.report)
+    if outcome.failures:
+        names = ", ".join(outcome.failures)
+        raise SemsegError(
+            f"{len(outcome.failures)} of {len(plan.settings)} settings failed ({names}); "
+            f"fix and continue with: semseg sweep --resume {plan.sweep_dir}"
+        )
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where the table and figures go.")
+    ] = None,
+    rank_by: Annotated[
+        str, typer.Option(help="max_f, ap, iou, train_loss or val_loss.")
+    ] = "max_f",
+    grid_images: Annotated[
+        int, typer.Option(min=1, help="Validation images (rows) in grid.png.")
+    ] = 4,
+) -> None:
+    """Table and figures for finished runs; settings = the config fields that differ."""
+    from semseg.experiments import compare_runs
+
+    print_report(compare_runs(runs, out, rank_by, grid_images))
+
+
+def print_report(report) -> None:
+    """The results table of a sweep or comparison, the best line and where the files are."""
+    from semseg.experiments import best_line
+
+    table = Table(title=f"ranked by {report.rank_by}")
+    for header in ("best", "setting", "train loss", "val loss", "MaxF", "AP", "IoU", "epochs",
+                   "wall s"):
+        table.add_column(header, justify="left" if header == "setting" else "right")
+    for r in report.results:
+        numbers = [(r.train_loss, 4), (r.val_loss, 4), (r.max_f, 2), (r.ap, 2), (r.iou, 2)]
+        table.add_row(
+            "*" if r.best else "",
+            r.label,
+            *("" if v is None else f"{v:.{d}f}" for v, d in numbers),
+            "" if r.epochs is None else str(r.epochs),
+            "" if r.wall_s is None else f"{r.wall_s:.1f}",
+        )
+    console.print(table)
+    for warning in report.warnings:
+        err_console.print(warning)
+    if report.best is not None:
+        console.print(best_line(report.best, report.rank_by))
+    for path in report.files:
+        console.print(f"{path.name}: {path}")
 
 
 @app.command("models")

@@ -3,6 +3,14 @@
 Per category (um, umm, uu) and over all images: MaxF, AP (11-point), PRE, REC, FPR, FNR at the
 best of 256 thresholds, the best threshold, with counts pooled over the images of the group; plus
 IoU of the positive class, mean IoU and pixel accuracy of the argmax labels.
+
+``space="bev"`` scores the same things in the benchmark's bird's-eye view (:mod:`semseg.bev`):
+the road probability, the argmax labels and the ground truth of each image are warped to the
+400 x 800 BEV grid with the image's calibration (nearest-neighbour sampling, so the labels are
+exactly the argmax of the warped probabilities); cells outside the image are outside the valid
+area. Images without a calib file are skipped with one counted warning. ``space="both"`` returns
+``{"spaces": {"perspective": {...}, "bev": {...}}}``; ``"perspective"`` (the default) keeps the
+flat ``{"space": "perspective", "groups": ...}`` layout.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from semseg.bev import KITTI_BEV_GRID, LookupCache
 from semseg.config import IGNORE_INDEX, DataConfig
+from semseg.data.calib import KittiCalib, read_calib
 from semseg.data.folder import index_folder
 from semseg.data.kitti import index_split, read_split
 from semseg.data.sample import Sample
@@ -24,6 +34,8 @@ from semseg.inference.predictor import Predictor
 from semseg.metrics.kitti import KittiRoadEvaluator
 
 SCORE_COLUMNS = ("max_f", "ap", "precision", "recall", "fpr", "fnr", "best_threshold")
+SPACES = {"perspective": ("perspective",), "bev": ("bev",), "both": ("perspective", "bev")}
+"""``--space`` choices and the spaces each one scores."""
 
 
 @dataclass
@@ -59,6 +71,8 @@ def is_kitti_layout(root: Path) -> bool:
 
 def labelled_samples(data_root: Path, skip_bad: bool = False) -> list[Sample]:
     """Every labelled image under ``data_root`` (KITTI ``data_road`` or images/ + masks/)."""
+    if not data_root.is_dir():
+        raise SemsegError(f"data folder not found: {data_root}")
     if is_kitti_layout(data_root):
         return index_split(data_root, "training", skip_missing=skip_bad)
     if (data_root / "images").is_dir():
@@ -76,54 +90,116 @@ def val_split_names(checkpoint: Path) -> list[str]:
     raise SemsegError(f"--split val: no split.json in the run of {checkpoint}")
 
 
+class SpaceScores:
+    """Devkit counts and the argmax confusion, per category, of one space (perspective or BEV)."""
+
+    def __init__(self, num_classes: int, positive: int) -> None:
+        self.num_classes = num_classes
+        self.positive = positive
+        self.road = KittiRoadEvaluator()
+        self.confusion: dict[str, ConfusionCounts] = {}
+        self.image_counts: dict[str, int] = {}
+
+    def update(
+        self, category: str, confidence: np.ndarray, labels: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """One image: positive-class confidence, argmax labels and class-index GT mask."""
+        valid = mask != IGNORE_INDEX
+        self.road.update(category, confidence, mask == self.positive, valid)
+        for group in (category, "all"):
+            self.confusion.setdefault(group, ConfusionCounts(self.num_classes))
+            self.confusion[group].update(mask, labels)
+            self.image_counts[group] = self.image_counts.get(group, 0) + 1
+
+    def groups(self, space: str) -> dict[str, dict[str, float]]:
+        try:
+            scores = self.road.compute()
+        except ValueError as error:
+            where = "" if space == "perspective" else f" in {space}"
+            raise SemsegError(f"cannot score{where}: {error}") from error
+        groups = {}
+        for group, group_scores in scores.items():
+            iou = self.confusion[group].iou()
+            values = {key: getattr(group_scores, key) for key in SCORE_COLUMNS}
+            values["iou"] = float(iou[self.positive])
+            values["miou"] = float(np.nanmean(iou))
+            values["pixel_accuracy"] = self.confusion[group].accuracy()
+            values["num_images"] = self.image_counts[group]
+            groups[group] = values
+        return {key: groups[key] for key in sorted(groups, key=lambda k: (k == "all", k))}
+
+
+def bev_skip_message(skipped: int, total: int) -> str:
+    return f"BEV: {skipped} of {total} images have no calib file and were skipped"
+
+
 def evaluate_samples(
     loaded: LoadedModel,
     samples: Sequence[Sample],
     reader: Callable[[Sample], tuple[np.ndarray, np.ndarray]],
     batch_size: int = 4,
     on_progress: Callable[[int], None] | None = None,
+    space: str = "perspective",
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Score ``samples`` (read by ``reader``) and return the results as plain data."""
+    """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
+
+    ``space`` is ``perspective``, ``bev`` or ``both`` (see the module docstring). For BEV,
+    images without ``calib_path`` are skipped and ``warn`` (if given) hears how many once; a
+    malformed calib file, or no calib file at all, is a SemsegError before any inference.
+    """
+    if space not in SPACES:
+        raise SemsegError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
+    spaces = SPACES[space]
+    calibs: dict[Path, KittiCalib] = {}
+    skipped = 0
+    if "bev" in spaces:
+        with_calib = [s for s in samples if s.calib_path is not None]
+        if not with_calib:
+            raise SemsegError(
+                f"BEV: none of the {len(samples)} images has a calib file "
+                "(KITTI data_road training/calib/NAME.txt)"
+            )
+        calibs = {s.calib_path: read_calib(s.calib_path) for s in with_calib}
+        skipped = len(samples) - len(with_calib)
+        if skipped and warn is not None:
+            warn(bev_skip_message(skipped, len(samples)))
     predictor = Predictor(loaded, batch_size=batch_size)
-    road = KittiRoadEvaluator()
-    confusion: dict[str, ConfusionCounts] = {}
-    image_counts: dict[str, int] = {}
     positive = loaded.positive_class
+    scores = {name: SpaceScores(loaded.num_classes, positive) for name in spaces}
+    lookups = LookupCache()
     for start in range(0, len(samples), predictor.batch_size):
         chunk = samples[start : start + predictor.batch_size]
         pairs = [reader(sample) for sample in chunk]
         probabilities = predictor.predict_batch([image for image, _ in pairs])
         for sample, (_, mask), probability in zip(chunk, pairs, probabilities, strict=True):
-            valid = mask != IGNORE_INDEX
-            road.update(sample.category, probability[positive], mask == positive, valid)
             labels = probability.argmax(axis=0)
-            for group in (sample.category, "all"):
-                confusion.setdefault(group, ConfusionCounts(loaded.num_classes))
-                confusion[group].update(mask, labels)
-                image_counts[group] = image_counts.get(group, 0) + 1
+            if "perspective" in scores:
+                scores["perspective"].update(sample.category, probability[positive], labels, mask)
+            if "bev" in scores and sample.calib_path is not None:
+                table = lookups.get(calibs[sample.calib_path], mask.shape)
+                scores["bev"].update(
+                    sample.category,
+                    table.nearest(probability[positive]),
+                    table.nearest(labels),
+                    table.warp_mask(mask),
+                )
         if on_progress is not None:
             on_progress(len(chunk))
-    try:
-        scores = road.compute()
-    except ValueError as error:
-        raise SemsegError(f"cannot score: {error}") from error
-    groups = {}
-    for group, group_scores in scores.items():
-        iou = confusion[group].iou()
-        values = {key: getattr(group_scores, key) for key in SCORE_COLUMNS}
-        values["iou"] = float(iou[positive])
-        values["miou"] = float(np.nanmean(iou))
-        values["pixel_accuracy"] = confusion[group].accuracy()
-        values["num_images"] = image_counts[group]
-        groups[group] = values
-    ordered = {key: groups[key] for key in sorted(groups, key=lambda k: (k == "all", k))}
-    return {
-        "checkpoint": str(loaded.path),
-        "model": loaded.model_name,
-        "space": "perspective",
-        "num_images": len(samples),
-        "groups": ordered,
-    }
+    by_space: dict[str, dict[str, Any]] = {}
+    for name, accumulated in scores.items():
+        by_space[name] = {"space": name, "num_images": len(samples), "groups": None}
+        if name == "bev":
+            by_space[name]["num_images"] = len(samples) - skipped
+            by_space[name]["skipped_no_calib"] = skipped
+            by_space[name]["grid"] = KITTI_BEV_GRID.describe()
+            by_space[name]["sampling"] = "nearest"
+        by_space[name]["groups"] = accumulated.groups(name)
+    header = {"checkpoint": str(loaded.path), "model": loaded.model_name}
+    if len(by_space) == 1:
+        (only,) = by_space.values()
+        return {**header, **only}
+    return {**header, "num_images": len(samples), "spaces": by_space}
 
 
 def data_config_for(data_root: Path, class_table: str | None) -> DataConfig:

@@ -5,7 +5,7 @@ Everything a run produces lands in ``runs/<name>-<timestamp>/``::
     config.yaml       the resolved configuration
     split.json        the train/val split (names), reused on --resume
     train.log         one line per epoch: time, epoch, mean training loss, validation scores
-    metrics.csv       Lightning's CSV log;  tensorboard/  TensorBoard events
+    metrics.csv       the same per epoch as CSV;  tensorboard/  TensorBoard events
     checkpoints/      last.ckpt and best.ckpt (best validation MaxF)
     curves.png        loss and validation scores per epoch
     overlays/         validation images with the predicted road in green
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from semseg.config import Config, save_config, validate
 from semseg.data.datamodule import SegmentationDataModule, index_samples, make_reader, make_split
@@ -34,35 +35,43 @@ from semseg.evaluation import evaluate_samples
 from semseg.inference.checkpoint import load_model
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
-from semseg.io import atomic_open, write_json_atomic, write_png_atomic
+from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
 from semseg.tasks.segmentation import SegmentationTask
 
 RUN_DIR_ENV = "SEMSEG_RUN_DIR"  # lets DDP worker processes find the run folder of rank 0
 
 
-class EpochLog(Callback):
-    """Appends ``time, epoch, mean loss, validation scores`` to ``train.log`` each epoch.
+METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
 
-    The line is written before the epoch's checkpoint is saved; on resume, lines of epochs
-    after the checkpoint (a run killed between the two) are dropped so the log stays complete
-    and free of duplicates.
+
+class EpochLog(Callback):
+    """One line per epoch in ``train.log`` (time, epoch, mean loss, validation scores) and one
+    row in ``metrics.csv`` (epoch, train_loss, the validation metrics, seconds).
+
+    Both are written before the epoch's checkpoint is saved; on resume, entries of epochs after
+    the checkpoint (a run killed between the two) are dropped, so the files stay complete and
+    free of duplicates.
     """
 
-    def __init__(self, path: Path, echo: bool) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path, echo: bool) -> None:
+        self.log_path = run_dir / "train.log"
+        self.csv_path = run_dir / "metrics.csv"
         self.echo = echo
         self._loss_sum = 0.0
         self._count = 0
         self._epoch_start = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.path.is_file():
-            completed = trainer.current_epoch
-            kept = [
-                line for line in self.path.read_text().splitlines() if _epoch_of(line) <= completed
-            ]
-            with atomic_open(self.path, "w") as stream:
-                stream.write("".join(f"{line}\n" for line in kept))
+        if not trainer.is_global_zero:
+            return
+        completed = trainer.current_epoch
+        keep_lines(self.log_path, lambda line: _epoch_of(line) <= completed)
+        keep_lines(
+            self.csv_path, lambda row: row.startswith("epoch") or _csv_epoch(row) <= completed
+        )
+        if not self.csv_path.is_file():
+            header = ",".join(("epoch", "train_loss", *METRIC_COLUMNS, "seconds"))
+            write_text_atomic(self.csv_path, header + "\n")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loss_sum, self._count = 0.0, 0
@@ -82,22 +91,41 @@ class EpochLog(Callback):
         totals = torch.tensor([self._loss_sum, float(self._count)], dtype=torch.float64)
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
         mean_loss = float(totals[0] / max(float(totals[1]), 1.0))
-        metrics = trainer.callback_metrics
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        seconds = time.monotonic() - self._epoch_start
+        epoch = trainer.current_epoch + 1
         scores = "  ".join(
-            f"{key} {float(metrics[key]):.2f}" for key in ("val_maxf", "val_iou") if key in metrics
+            f"{key} {metrics[key]:.2f}" for key in ("val_maxf", "val_iou") if key in metrics
         )
         line = (
-            f"{datetime.now().isoformat(timespec='seconds')}  "
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-            f"loss {mean_loss:.4f}  {scores}  {time.monotonic() - self._epoch_start:.1f}s"
+            f"{datetime.now().isoformat(timespec='seconds')}  epoch {epoch}/{trainer.max_epochs}"
+            f"  loss {mean_loss:.4f}  {scores}  {seconds:.1f}s"
+        )
+        row = ",".join(
+            [str(epoch), f"{mean_loss:.6f}"]
+            + [f"{metrics[key]:.6f}" if key in metrics else "" for key in METRIC_COLUMNS]
+            + [f"{seconds:.2f}"]
         )
         if trainer.is_global_zero:
-            with self.path.open("a") as stream:
-                stream.write(line + "\n")
-                stream.flush()
-                os.fsync(stream.fileno())
+            append_line(self.log_path, line)
+            append_line(self.csv_path, row)
             if self.echo:
                 print(line, flush=True)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and make it durable (a killed run keeps every finished line)."""
+    with path.open("a") as stream:
+        stream.write(line + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def keep_lines(path: Path, keep: Callable[[str], bool]) -> None:
+    """Rewrite ``path`` atomically with only the lines ``keep`` accepts."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if keep(line)]
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def _epoch_of(line: str) -> int:
@@ -108,12 +136,23 @@ def _epoch_of(line: str) -> int:
         return 0
 
 
-def new_run_dir(config: Config, overwrite: bool = False) -> Path:
-    """``out_dir/name-timestamp``; refuses to reuse a folder unless ``overwrite``."""
+def _csv_epoch(row: str) -> int:
+    try:
+        return int(row.split(",")[0])
+    except ValueError:
+        return 0
+
+
+def new_run_dir(
+    config: Config, overwrite: bool = False, run_dir: str | Path | None = None
+) -> Path:
+    """``out_dir/name-timestamp`` (or ``run_dir``); reuses a folder only with ``overwrite``."""
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(os.environ[RUN_DIR_ENV])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
+    if run_dir is None:
+        run_dir = Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
+    run_dir = Path(run_dir)
     if run_dir.exists() and not overwrite:
         raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +192,7 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
     train = config.train
     echo = not progress
     callbacks: list[Callback] = [
-        EpochLog(run_dir / "train.log", echo=echo),
+        EpochLog(run_dir, echo=echo),
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best",
@@ -174,10 +213,7 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,
-        logger=[
-            CSVLogger(run_dir, name="", version=""),
-            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
-        ],
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -217,11 +253,16 @@ def resolve_resume(resume: str | Path) -> Path:
     return run_dir
 
 
-def train(config: Config, resume: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Train as configured; returns the run folder."""
+def train(
+    config: Config,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    run_dir: str | Path | None = None,
+) -> Path:
+    """Train as configured; returns the run folder (``run_dir``: this folder, not a new one)."""
     validate(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite)
+    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite, run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     prepare_data(config, run_dir)
     samples = index_samples(config.data)
@@ -238,7 +279,7 @@ def train(config: Config, resume: str | Path | None = None, overwrite: bool = Fa
     trainer = build_trainer(config, run_dir, progress)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = last if resume and last.is_file() else None
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         finish_run(config, run_dir, datamodule)
     return run_dir
@@ -250,15 +291,18 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def finish_run(config: Config, run_dir: Path, datamodule: SegmentationDataModule) -> dict:
-    """Curves, overlays of validation images and the full-resolution validation scores."""
+    """Curves, overlays of validation images and the full-resolution validation scores.
+
+    ``eval_val.json`` is written last: its presence marks a finished run (sweeps rely on it).
+    """
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=run_dir.name)
     loaded = load_model(best_checkpoint(run_dir))
     reader = make_reader(config.data, config.model.num_classes)
     samples = datamodule.val_samples
     results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
     results["split"] = "val"
-    write_json_atomic(run_dir / "eval_val.json", results)
     write_overlays(loaded, samples[: config.train.overlay_samples], reader, run_dir / "overlays")
+    write_json_atomic(run_dir / "eval_val.json", results)
     return results
 
 

@@ -39,10 +39,10 @@ def build_transforms(config: DataConfig, train: bool) -> v2.Compose:
 
 def to_tv_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[Tensor, Tensor | None]:
     """``(H, W, 3)`` uint8 and ``(H, W)`` uint8 arrays as v2 Image and Mask tensors."""
-    image_tensor = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    image_tensor = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
     if mask is None:
         return image_tensor, None
-    return image_tensor, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+    return image_tensor, tv_tensors.Mask(torch.from_numpy(np.array(mask, copy=True)))
 
 
 def apply(transform: v2.Compose, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -54,7 +54,7 @@ def apply(transform: v2.Compose, image: np.ndarray, mask: np.ndarray) -> tuple[T
 
 def image_to_tensor(image: np.ndarray, height: int, width: int) -> Tensor:
     """An inference input: ``(H, W, 3)`` uint8 -> float ``(3, height, width)`` in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
     resized = v2.functional.resize(tensor, [height, width], antialias=True)
     return resized.float() / 255.0
 

@@ -22,7 +22,7 @@ def overlay(image: np.ndarray, road: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values of each logged metric from Lightning's CSV log: name -> [(epoch, v)]."""
+    """Per-epoch values of each column of a run's ``metrics.csv``: name -> [(epoch, value)]."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
     if not path.is_file():
         return {}
@@ -32,7 +32,7 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
                 continue
             epoch = int(float(row["epoch"]))
             for key, value in row.items():
-                if key not in ("epoch", "step") and value not in ("", None):
+                if key not in ("epoch", "seconds") and value not in ("", None):
                     series[key][epoch] = float(value)
     return {key: sorted(values.items()) for key, values in series.items()}
 
@@ -49,14 +49,14 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = "") -> None:
     for key in ("train_loss", "val_loss"):
         if key in series:
             epochs, values = zip(*series[key], strict=True)
-            loss_axis.plot([e + 1 for e in epochs], values, marker="o", label=key)
+            loss_axis.plot(epochs, values, marker="o", label=key)
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("cross-entropy")
     loss_axis.legend()
     for key in ("val_maxf", "val_iou"):
         if key in series:
             epochs, values = zip(*series[key], strict=True)
-            score_axis.plot([e + 1 for e in epochs], values, marker="o", label=key)
+            score_axis.plot(epochs, values, marker="o", label=key)
     score_axis.set_xlabel("epoch")
     score_axis.set_ylabel("percent")
     score_axis.legend()

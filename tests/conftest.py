@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny synthetic configurations and one tiny trained run per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semseg.config import Config, load_config
+
+KITTI_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_road"
+needs_kitti = pytest.mark.skipif(
+    not (KITTI_ROOT / "training" / "image_2").is_dir(), reason="../shared/data/kitti_road absent"
+)
+
+
+def tiny_config(out_dir: Path, **train: object) -> Config:
+    """The demo configuration shrunk to a few seconds of training."""
+    config = load_config("demo")
+    config.data.synthetic_train = 12
+    config.data.synthetic_size = [60, 200]
+    config.data.height, config.data.width = 32, 96
+    config.model.width_mult = 0.125
+    config.train.epochs = 2
+    config.train.batch_size = 4
+    config.train.max_time_s = None
+    config.train.out_dir = str(out_dir)
+    config.train.name = "tiny"
+    config.train.progress = False
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run on synthetic scenes (run folder)."""
+    from semseg.training import train
+
+    return train(tiny_config(tmp_path_factory.mktemp("runs")))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The ``semseg`` command as a user runs it (a separate process)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "semseg.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,169 @@
+"""Tests of semseg.config: packaged configurations, --set overrides and validation."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from semseg.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    packaged_config_names,
+    resolve_config_path,
+    validate,
+)
+from semseg.errors import SemsegError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_reference_config_values() -> None:
+    config = load_config("kitti_fcn8s")
+    assert config.model.name == "fcn8s"
+    assert (config.data.height, config.data.width) == (160, 576)
+    assert config.model.num_classes == 2
+    assert config.train.epochs == 40
+    assert config.train.batch_size == 16
+    assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
+    assert config.model.keep_prob == 0.5
+    assert config.data.kind == "kitti" and config.data.root is None
+    assert config.data.categories == ["um", "umm", "uu"]
+    assert config.model.pretrained is False
+    assert config.train.precision == "32"
+    # needs --data before it validates; with it, it does
+    with pytest.raises(SemsegError, match="--data"):
+        validate(config)
+    config.data.root = "somewhere"
+    assert validate(config) is config
+
+
+def test_demo_config_loads_and_validates() -> None:
+    config = load_config("demo")
+    assert config.data.kind == "synthetic"
+    assert config.data.synthetic_size == [188, 621]
+    assert config.model.width_mult == 0.25 and config.model.keep_prob == 1.0
+    assert config.train.max_time_s == 110.0
+    validate(config)
+    assert {"demo", "kitti_fcn8s"} <= set(packaged_config_names())
+    # the name with .yaml resolves to the packaged file too
+    assert resolve_config_path("demo.yaml").name == "demo.yaml"
+
+
+def test_repo_configs_are_the_packaged_files() -> None:
+    packaged = resources.files("semseg") / "configs"
+    for name in ("kitti_fcn8s", "demo"):
+        repo_file = REPO / "configs" / f"{name}.yaml"
+        assert repo_file.is_file()
+        assert repo_file.read_bytes() == (packaged / f"{name}.yaml").read_bytes()
+        assert load_config(str(repo_file)) == load_config(name)
+
+
+def test_unknown_config_name_lists_packaged(tmp_path: Path) -> None:
+    with pytest.raises(SemsegError, match="kitti_fcn8s"):
+        load_config("no_such_config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(SemsegError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_apply_overrides_typed_values() -> None:
+    config = apply_overrides(
+        Config(), ["model.keep_prob=0.75", "train.epochs=3", "data.categories=um,uu"]
+    )
+    assert config.model.keep_prob == 0.75 and type(config.model.keep_prob) is float
+    assert config.train.epochs == 3 and type(config.train.epochs) is int
+    assert config.data.categories == ["um", "uu"]
+    apply_overrides(
+        config,
+        [
+            "train.lr=1e-3",
+            "data.hflip=false",
+            "data.synthetic_size=100,300",
+            "model.backbone_weights=null",
+            "data.root=/some/dir",
+            "train.precision=32",
+            "train.max_time_s=5",
+        ],
+    )
+    assert config.train.lr == 1e-3 and type(config.train.lr) is float
+    assert config.data.hflip is False
+    assert config.data.synthetic_size == [100, 300]
+    assert config.model.backbone_weights is None
+    assert config.data.root == "/some/dir"
+    assert config.train.precision == "32" and type(config.train.precision) is str
+    assert config.train.max_time_s == 5.0 and type(config.train.max_time_s) is float
+    # untouched fields keep their defaults
+    assert config.train.batch_size == Config().train.batch_size
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("foo.bar=1", "not of the form"),
+        ("model=fcn8s", "not of the form"),
+        ("model.nope=1", "unknown field"),
+        ("train.epochs=abc", "train.epochs"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("data.hflip=maybe", "data.hflip"),
+        ("train.lr=fast", "train.lr"),
+        ("data.synthetic_size=a,b", "data.synthetic_size"),
+        ("train.epochs=null", "cannot be empty"),
+        ("train.epochs", "expected section.field=value"),
+    ],
+)
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(SemsegError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_config_from_dict_refuses_unknown_keys() -> None:
+    with pytest.raises(SemsegError, match="unknown section"):
+        config_from_dict({"optim": {"lr": 1}})
+    with pytest.raises(SemsegError, match="unknown field"):
+        config_from_dict({"train": {"learning_rate": 1}})
+    with pytest.raises(SemsegError, match="must be a mapping"):
+        config_from_dict({"train": [1, 2]})
+
+
+def valid_config() -> Config:
+    config = Config()
+    config.data.root = "data"
+    return validate(config)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.keep_prob=0", "keep_prob"),
+        ("model.keep_prob=1.5", "keep_prob"),
+        ("data.height=16", "at least 32x32"),
+        ("data.width=31", "at least 32x32"),
+        ("data.root=null", "--data"),
+        ("model.num_classes=3", "2 classes"),
+        ("data.kind=coco", "data.kind"),
+        ("data.task=sidewalk", "data.task"),
+        ("data.categories=um,xx", "data.categories"),
+        ("data.val_fraction=1", "val_fraction"),
+        ("train.epochs=0", "at least 1"),
+        ("train.lr=0", "train.lr"),
+        ("train.precision=8", "precision"),
+    ],
+)
+def test_validate_rejects_bad_values(override: str, message: str) -> None:
+    config = apply_overrides(valid_config(), [override])
+    with pytest.raises(SemsegError, match=message):
+        validate(config)
+
+
+def test_validate_accepts_other_kinds() -> None:
+    config = apply_overrides(Config(), ["data.kind=synthetic", "model.num_classes=3"])
+    validate(config)  # synthetic data needs no root; class count is free outside KITTI
+    config = apply_overrides(Config(), ["data.kind=folder", "data.root=x", "model.num_classes=5"])
+    validate(config)
+    config = apply_overrides(valid_config(), ["model.keep_prob=1.0"])
+    validate(config)
