@@ -43,10 +43,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(tiny_config(tmp_path_factory.mktemp("runs")))
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The ``semseg`` command as a user runs it (a separate process)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
         [sys.executable, "-m", "semseg.cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -15,10 +15,22 @@ from semseg.data.synthetic import write_kitti_layout
 from semseg.tasks.segmentation import SegmentationTask
 
 TINY_FLAGS = (
-    "--config", "demo",
-    "--set", "data.synthetic_train=12", "--set", "data.synthetic_size=[60,200]",
-    "--set", "model.width_mult=0.125", "--set", "train.max_time_s=null",
-    "--height", "32", "--width", "96", "--batch-size", "4",
+    "--config",
+    "demo",
+    "--set",
+    "data.synthetic_train=12",
+    "--set",
+    "data.synthetic_size=[60,200]",
+    "--set",
+    "model.width_mult=0.125",
+    "--set",
+    "train.max_time_s=null",
+    "--height",
+    "32",
+    "--width",
+    "96",
+    "--batch-size",
+    "4",
 )
 
 
@@ -33,12 +45,21 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 
 def test_train_writes_the_whole_run(tmp_path: Path):
-    result = run_cli("train", *TINY_FLAGS, "--epochs", "2", "--out-dir", str(tmp_path),
-                     "--name", "cli")
+    result = run_cli(
+        "train", *TINY_FLAGS, "--epochs", "2", "--out-dir", str(tmp_path), "--name", "cli"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = tmp_path.glob("cli-*")
-    for name in ("config.yaml", "split.json", "train.log", "metrics.csv", "curves.png",
-                 "eval_val.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "split.json",
+        "train.log",
+        "metrics.csv",
+        "curves.png",
+        "eval_val.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "tensorboard").is_dir()
     assert len(list((run_dir / "overlays").glob("*.png"))) >= 1
@@ -51,8 +72,22 @@ def test_train_writes_the_whole_run(tmp_path: Path):
 
 
 def test_flags_override_the_config(tmp_path: Path):
-    result = run_cli("train", *TINY_FLAGS, "--epochs", "1", "--keep-prob", "0.75", "--lr", "0.002",
-                     "--seed", "3", "--out-dir", str(tmp_path), "--name", "flags")
+    result = run_cli(
+        "train",
+        *TINY_FLAGS,
+        "--epochs",
+        "1",
+        "--keep-prob",
+        "0.75",
+        "--lr",
+        "0.002",
+        "--seed",
+        "3",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "flags",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = tmp_path.glob("flags-*")
     saved = (run_dir / "config.yaml").read_text()
@@ -71,8 +106,16 @@ def test_evaluate_all_and_val(tiny_run: Path, tmp_path: Path):
     assert set(results["groups"]) == {"um", "umm", "uu", "all"}
     for values in results["groups"].values():
         assert 0 <= values["max_f"] <= 100 and 0 <= values["best_threshold"] <= 1
-    result = run_cli("evaluate", str(ckpt), "--data", str(data), "--split", "val",
-                     "--out", str(tmp_path / "val.json"))
+    result = run_cli(
+        "evaluate",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "val.json"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     val = json.loads((tmp_path / "val.json").read_text())
     split = json.loads((tiny_run / "split.json").read_text())
@@ -85,8 +128,15 @@ def test_evaluate_all_and_val(tiny_run: Path, tmp_path: Path):
 def test_predict_writes_devkit_named_outputs(tiny_run: Path, tmp_path: Path):
     images = tiny_run / "data" / "training" / "image_2"
     out = tmp_path / "pred"
-    result = run_cli("predict", str(tiny_run / "checkpoints" / "best.ckpt"), str(images),
-                     "--out", str(out), "--batch-size", "5")
+    result = run_cli(
+        "predict",
+        str(tiny_run / "checkpoints" / "best.ckpt"),
+        str(images),
+        "--out",
+        str(out),
+        "--batch-size",
+        "5",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(p.stem for p in images.glob("*.png"))
     assert sorted(p.stem for p in (out / "overlay").glob("*.png")) == names
@@ -110,9 +160,12 @@ def test_models_lists_the_fcn_family():
 
 
 def save_task_checkpoint(path: Path, num_classes: int) -> Path:
-    task = SegmentationTask(model_name="fcn8s", num_classes=num_classes,
-                            model_options={"width_mult": 0.125, "keep_prob": 1.0},
-                            input_size=[32, 96])
+    task = SegmentationTask(
+        model_name="fcn8s",
+        num_classes=num_classes,
+        model_options={"width_mult": 0.125, "keep_prob": 1.0},
+        input_size=[32, 96],
+    )
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
     return path
 
@@ -120,10 +173,10 @@ def save_task_checkpoint(path: Path, num_classes: int) -> Path:
 def test_bad_input_gives_one_line_errors(tiny_run: Path, tmp_path: Path):
     ckpt = str(tiny_run / "checkpoints" / "best.ckpt")
     data = tiny_run / "data"
-    assert_one_line_error(run_cli("evaluate", ckpt, "--data", str(tmp_path / "nope")),
-                          "not found")
-    assert_one_line_error(run_cli("evaluate", str(tmp_path / "x.ckpt"), "--data", str(data)),
-                          "checkpoint not found")
+    assert_one_line_error(run_cli("evaluate", ckpt, "--data", str(tmp_path / "nope")), "not found")
+    assert_one_line_error(
+        run_cli("evaluate", str(tmp_path / "x.ckpt"), "--data", str(data)), "checkpoint not found"
+    )
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(run_cli("predict", str(junk), str(data)), "not a semseg checkpoint")
@@ -132,14 +185,21 @@ def test_bad_input_gives_one_line_errors(tiny_run: Path, tmp_path: Path):
     assert_one_line_error(run_cli("predict", str(plain), str(data)), "not a semseg checkpoint")
     three = save_task_checkpoint(tmp_path / "three.ckpt", num_classes=3)
     assert_one_line_error(run_cli("evaluate", str(three), "--data", str(data)), "3 classes")
-    assert_one_line_error(run_cli("train", *TINY_FLAGS, "--model", "fcn9s",
-                                  "--out-dir", str(tmp_path)), "unknown model")
-    assert_one_line_error(run_cli("train", *TINY_FLAGS, "--set", "model.nope=1",
-                                  "--out-dir", str(tmp_path)), "unknown field")
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"),
-                                  "--out-dir", str(tmp_path)), "not found")
-    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "none.yaml")),
-                          "config not found")
+    assert_one_line_error(
+        run_cli("train", *TINY_FLAGS, "--model", "fcn9s", "--out-dir", str(tmp_path)),
+        "unknown model",
+    )
+    assert_one_line_error(
+        run_cli("train", *TINY_FLAGS, "--set", "model.nope=1", "--out-dir", str(tmp_path)),
+        "unknown field",
+    )
+    assert_one_line_error(
+        run_cli("train", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path)),
+        "not found",
+    )
+    assert_one_line_error(
+        run_cli("train", "--config", str(tmp_path / "none.yaml")), "config not found"
+    )
 
 
 def test_bad_data_files_are_named(tmp_path: Path, tiny_run: Path):
@@ -150,21 +210,37 @@ def test_bad_data_files_are_named(tmp_path: Path, tiny_run: Path):
     wrong = np.asarray(Image.open(first_gt)).copy()
     wrong[0, 0] = (10, 200, 30)
     Image.fromarray(wrong).save(first_gt)
-    assert_one_line_error(run_cli("evaluate", ckpt, "--data", str(root)),
-                          first_gt.name, "unknown ground-truth colour")
+    assert_one_line_error(
+        run_cli("evaluate", ckpt, "--data", str(root)), first_gt.name, "unknown ground-truth colour"
+    )
     first_gt.unlink()
     assert_one_line_error(run_cli("evaluate", ckpt, "--data", str(root)), "no ground truth")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    assert_one_line_error(run_cli("predict", ckpt, str(corrupt), "--out", str(tmp_path / "o")),
-                          "corrupt.png")
+    assert_one_line_error(
+        run_cli("predict", ckpt, str(corrupt), "--out", str(tmp_path / "o")), "corrupt.png"
+    )
     assert not (tmp_path / "o").exists()  # nothing partial was written
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path):
-    result = run_cli("train", *TINY_FLAGS, "--epochs", "1", "--accelerator", "cpu",
-                     "--devices", "2", "--strategy", "ddp", "--out-dir", str(tmp_path),
-                     "--name", "ddp", timeout=600)
+    result = run_cli(
+        "train",
+        *TINY_FLAGS,
+        "--epochs",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list(tmp_path.glob("ddp-*"))
     assert len(runs) == 1, runs  # both ranks wrote into the same run folder
@@ -175,16 +251,40 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path):
 
 @needs_kitti
 def test_train_and_evaluate_on_kitti_road(tmp_path: Path):
-    result = run_cli("train", "--data", str(KITTI_ROOT), "--epochs", "1", "--batch-size", "8",
-                     "--height", "64", "--width", "224", "--set", "model.width_mult=0.125",
-                     "--out-dir", str(tmp_path), "--name", "kitti")
+    result = run_cli(
+        "train",
+        "--data",
+        str(KITTI_ROOT),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--height",
+        "64",
+        "--width",
+        "224",
+        "--set",
+        "model.width_mult=0.125",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "kitti",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = tmp_path.glob("kitti-*")
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 105
     out = tmp_path / "eval.json"
-    result = run_cli("evaluate", str(run_dir / "checkpoints" / "best.ckpt"), "--data",
-                     str(KITTI_ROOT), "--split", "val", "--out", str(out))
+    result = run_cli(
+        "evaluate",
+        str(run_dir / "checkpoints" / "best.ckpt"),
+        "--data",
+        str(KITTI_ROOT),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["num_images"] == len(split["val"])

@@ -198,8 +198,10 @@ def test_split_train_val_too_few_images() -> None:
 def make_folder(root: Path, masks: dict[str, np.ndarray], extra_images: tuple[str, ...] = ()):
     rng = np.random.default_rng(0)
     for name, mask in masks.items():
-        save_png(root / "images" / f"{name}.png", rng.integers(0, 256, mask.shape[:2] + (3,),
-                                                              dtype=np.uint8))
+        save_png(
+            root / "images" / f"{name}.png",
+            rng.integers(0, 256, mask.shape[:2] + (3,), dtype=np.uint8),
+        )
         save_png(root / "masks" / f"{name}.png", mask)
     for name in extra_images:
         save_png(root / "images" / f"{name}.png", np.zeros((12, 16, 3), dtype=np.uint8))
@@ -315,7 +317,7 @@ def test_eval_transform_types_ranges_nearest_masks() -> None:
     assert out_image.dtype == torch.float32 and out_image.shape == (3, 32, 96)
     assert out_mask.dtype == torch.int64 and out_mask.shape == (32, 96)
     assert type(out_image) is torch.Tensor and type(out_mask) is torch.Tensor
-    assert 0.0 <= out_image.min() and out_image.max() <= 1.0
+    assert out_image.min() >= 0.0 and out_image.max() <= 1.0
     assert set(out_mask.unique().tolist()) == {0, 1, 3, 255}
     # evaluation transform is deterministic (no flip, no jitter, no crop)
     again_image, again_mask = apply(build_transforms(config, train=False), image, mask)
@@ -329,8 +331,9 @@ def test_hflip_flips_image_and_mask_together() -> None:
     image, mask = asymmetric_scene()
     plain = DataConfig(height=32, width=96, hflip=False, color_jitter=0.0, scale_crop=0.0)
     _, reference = apply(build_transforms(plain, train=True), image, mask)
-    flipping = build_transforms(DataConfig(height=32, width=96, hflip=True, color_jitter=0.0,
-                                           scale_crop=0.0), train=True)
+    flipping = build_transforms(
+        DataConfig(height=32, width=96, hflip=True, color_jitter=0.0, scale_crop=0.0), train=True
+    )
     outcomes = []
     for seed in range(12):
         torch.manual_seed(seed)
@@ -372,7 +375,7 @@ def test_colour_jitter_changes_image_not_mask() -> None:
         torch.manual_seed(seed)
         out_image, out_mask = apply(build_transforms(jitter, train=True), image, mask)
         assert torch.equal(out_mask, ref_mask)
-        assert 0.0 <= out_image.min() and out_image.max() <= 1.0
+        assert out_image.min() >= 0.0 and out_image.max() <= 1.0
         changed += not torch.allclose(out_image, ref_image, atol=1e-3)
     assert changed == 5
 
@@ -398,7 +401,7 @@ def test_datamodule_batches(kitti_layout: Path) -> None:
         assert images.dtype == torch.float32 and images.shape[1:] == (3, 32, 96)
         assert masks.dtype == torch.int64 and masks.shape[1:] == (32, 96)
         assert set(masks.unique().tolist()) <= {0, 1, 255}
-        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert images.min() >= 0.0 and images.max() <= 1.0
     # the validation batches are the resized full images, in split order
     val_image, val_mask = read_sample(module.val_samples[0])
     expected_image, expected_mask = apply(

@@ -101,12 +101,7 @@ def test_total_param_counts_by_hand(num_classes: int) -> None:
     expected = {
         "fcn32s": encoder + score_fr + upsampler(32),
         "fcn16s": encoder + score_fr + score_pool4 + upsampler(2) + upsampler(16),
-        "fcn8s": encoder
-        + score_fr
-        + score_pool4
-        + score_pool3
-        + 2 * upsampler(2)
-        + upsampler(8),
+        "fcn8s": encoder + score_fr + score_pool4 + score_pool3 + 2 * upsampler(2) + upsampler(8),
         # layer7 1x1 conv; ConvTranspose2d(c, 512, 4), (512, 256, 4), (256, c, 16), all biased
         "fcn8s-seed": encoder
         + conv_params(4096, c, 1)

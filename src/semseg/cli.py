@@ -1,5 +1,5 @@
 """The ``semseg`` command line: train, evaluate, predict, kitti-submission, bev, sweep, compare,
-demo, models."""
+demo, serve, models."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder prefix).")] = None,
     out_dir: Annotated[str | None, typer.Option(help="Where run folders go.")] = None,
+    run_dir: Annotated[str | None, typer.Option(help="Exact run folder (no timestamp).")] = None,
     precision: Annotated[str | None, typer.Option(help="32, bf16-mixed or 16-mixed.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu, ...")] = None,
     devices: Annotated[str | None, typer.Option(help="auto, a count, or ids like 0,1.")] = None,
@@ -123,6 +124,7 @@ def train(
         "train.seed": seed,
         "train.name": name,
         "train.out_dir": out_dir,
+        "train.run_dir": run_dir,
         "train.precision": precision,
         "train.accelerator": accelerator,
         "train.devices": devices,
@@ -134,9 +136,9 @@ def train(
         "data.skip_bad": skip_bad,
     }
     cfg = build_train_config(config, resume, list(set_ or []), flags)
-    run_dir = run_training(cfg, resume=resume, overwrite=overwrite)
-    console.print(f"run folder: {run_dir}")
-    summary = run_dir / "eval_val.json"
+    finished = run_training(cfg, resume=resume, overwrite=overwrite)
+    console.print(f"run folder: {finished}")
+    summary = finished / "eval_val.json"
     if summary.is_file():
         import json
 
@@ -186,6 +188,37 @@ def results_by_space(results: dict) -> list[tuple[str, dict]]:
     return [(results.get("space", "perspective"), results["groups"])]
 
 
+# Fully connected CRF post-processing (semseg evaluate / predict); defaults are DeepLab v1's.
+CrfFlag = Annotated[
+    bool,
+    typer.Option(
+        "--crf",
+        help='Refine with a fully connected CRF (meant for DeepLab; pip install -e ".\\[crf]").',
+    ),
+]
+CrfIters = Annotated[int | None, typer.Option(min=1, help="CRF mean-field iterations [10].")]
+CrfPosSxy = Annotated[float | None, typer.Option(help="CRF positional kernel sxy, pixels [3].")]
+CrfPosW = Annotated[float | None, typer.Option(help="CRF positional kernel weight [3].")]
+CrfBiSxy = Annotated[float | None, typer.Option(help="CRF bilateral kernel sxy, pixels [121].")]
+CrfBiSrgb = Annotated[float | None, typer.Option(help="CRF bilateral kernel srgb [5].")]
+CrfBiW = Annotated[float | None, typer.Option(help="CRF bilateral kernel weight [4].")]
+
+
+def crf_settings(enabled: bool, iters, pos_sxy, pos_w, bi_sxy, bi_srgb, bi_w):
+    """The CRF settings of the --crf flags (None without --crf); checks the backend early."""
+    from semseg.inference.crf import crf_params
+
+    return crf_params(
+        enabled,
+        iterations=iters,
+        pos_sxy=pos_sxy,
+        pos_w=pos_w,
+        bi_sxy=bi_sxy,
+        bi_srgb=bi_srgb,
+        bi_w=bi_w,
+    )
+
+
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
@@ -198,10 +231,19 @@ def evaluate(
     class_table: Annotated[
         str | None, typer.Option(help="YAML class table for colour masks.")
     ] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images without GT.")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images and images without GT.")
+    ] = False,
     space: Annotated[
         str, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
     ] = "perspective",
+    crf: CrfFlag = False,
+    crf_iters: CrfIters = None,
+    crf_pos_sxy: CrfPosSxy = None,
+    crf_pos_w: CrfPosW = None,
+    crf_bi_sxy: CrfBiSxy = None,
+    crf_bi_srgb: CrfBiSrgb = None,
+    crf_bi_w: CrfBiW = None,
 ) -> None:
     """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution."""
     from semseg.data.datamodule import make_reader
@@ -218,6 +260,9 @@ def evaluate(
         raise SemsegError(f"--split must be all or val, got {split!r}")
     if space not in ("perspective", "bev", "both"):
         raise SemsegError(f"--space must be perspective, bev or both, got {space!r}")
+    crf_params = crf_settings(
+        crf, crf_iters, crf_pos_sxy, crf_pos_w, crf_bi_sxy, crf_bi_srgb, crf_bi_w
+    )
     loaded = load_model(checkpoint)
     samples = labelled_samples(data, skip_bad=skip_bad)
     if split == "val":
@@ -239,9 +284,11 @@ def evaluate(
             on_progress=lambda n: bar.advance(task, n),
             space=space,
             warn=lambda message: err_console.print(f"warning: {message}"),
+            crf=crf_params,
         )
     results["split"] = split
     suffix = "" if space == "perspective" else f"_{space}"
+    suffix += "_crf" if crf_params is not None else ""
     out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
@@ -255,17 +302,32 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    crf: CrfFlag = False,
+    crf_iters: CrfIters = None,
+    crf_pos_sxy: CrfPosSxy = None,
+    crf_pos_w: CrfPosW = None,
+    crf_bi_sxy: CrfBiSxy = None,
+    crf_bi_srgb: CrfBiSrgb = None,
+    crf_bi_w: CrfBiW = None,
 ) -> None:
     """Overlays, devkit-named road probabilities and label masks for images."""
     from semseg.inference.checkpoint import load_model
     from semseg.prediction import collect_inputs, predict_files, readable_inputs
 
+    crf_params = crf_settings(
+        crf, crf_iters, crf_pos_sxy, crf_pos_w, crf_bi_sxy, crf_bi_srgb, crf_bi_w
+    )
     loaded = load_model(checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))
         count = predict_files(
-            loaded, paths, out, batch_size, on_progress=lambda n: bar.advance(task, n)
+            loaded,
+            paths,
+            out,
+            batch_size,
+            on_progress=lambda n: bar.advance(task, n),
+            crf=crf_params,
         )
     console.print(f"wrote {count} overlays, probabilities and labels to {out}")
 
@@ -346,9 +408,7 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option(help="Sweep folder (default runs/sweep-NAME-TIME).")
     ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue the sweep in this folder.")
-    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the sweep in this folder.")] = None,
     rank_by: Annotated[
         str | None, typer.Option(help="max_f (default), ap, iou, train_loss or val_loss.")
     ] = None,
@@ -362,8 +422,10 @@ def sweep(
 
     if resume is not None:
         if config is not None or set_ or data is not None or out is not None:
-            raise SemsegError("--resume takes the sweep from its sweep.json: drop --config, "
-                              "--set, --data and --out")
+            raise SemsegError(
+                "--resume takes the sweep from its sweep.json: drop --config, "
+                "--set, --data and --out"
+            )
         plan = load_sweep(resume)
         if rank_by is not None:
             plan.rank_by = normalize_rank_key(rank_by)
@@ -386,12 +448,8 @@ def sweep(
 @app.command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
-    out: Annotated[
-        Path | None, typer.Option(help="Where the table and figures go.")
-    ] = None,
-    rank_by: Annotated[
-        str, typer.Option(help="max_f, ap, iou, train_loss or val_loss.")
-    ] = "max_f",
+    out: Annotated[Path | None, typer.Option(help="Where the table and figures go.")] = None,
+    rank_by: Annotated[str, typer.Option(help="max_f, ap, iou, train_loss or val_loss.")] = "max_f",
     grid_images: Annotated[
         int, typer.Option(min=1, help="Validation images (rows) in grid.png.")
     ] = 4,
@@ -407,8 +465,17 @@ def print_report(report) -> None:
     from semseg.experiments import best_line
 
     table = Table(title=f"ranked by {report.rank_by}")
-    for header in ("best", "setting", "train loss", "val loss", "MaxF", "AP", "IoU", "epochs",
-                   "wall s"):
+    for header in (
+        "best",
+        "setting",
+        "train loss",
+        "val loss",
+        "MaxF",
+        "AP",
+        "IoU",
+        "epochs",
+        "wall s",
+    ):
         table.add_column(header, justify="left" if header == "setting" else "right")
     for r in report.results:
         numbers = [(r.train_loss, 4), (r.val_loss, 4), (r.max_f, 2), (r.ap, 2), (r.iou, 2)]
@@ -426,6 +493,33 @@ def print_report(report) -> None:
         console.print(best_line(report.best, report.rank_by))
     for path in report.files:
         console.print(f"{path.name}: {path}")
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
+    backend: Annotated[
+        str, typer.Option(help="auto or torch (onnxruntime where semseg.inference offers it).")
+    ] = "auto",
+    max_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
+    ] = 20 * 1024 * 1024,
+    max_side: Annotated[
+        int, typer.Option(min=1, help="Largest image width or height in pixels (larger: 413).")
+    ] = 8192,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Requests in flight at once (more: 503, Retry-After).")
+    ] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Largest micro-batch of images.")] = 4,
+) -> None:
+    """Serve a checkpoint over HTTP: POST /v1/segment, a page to try it at /, docs at /docs."""
+    from semseg.serve import run_server
+
+    run_server(checkpoint, host=host, port=port, backend=backend, max_bytes=max_bytes,
+               max_side=max_side, max_queue=max_queue, batch_size=batch_size,
+               announce=lambda line: console.print(line, soft_wrap=True, highlight=False))
 
 
 @app.command("models")

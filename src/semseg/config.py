@@ -73,6 +73,7 @@ class TrainConfig:
     overlay_samples: int = 4
     name: str = "run"
     out_dir: str = "runs"
+    run_dir: str | None = None  # an explicit run folder instead of out_dir/name-timestamp
     progress: bool = True
 
 

@@ -15,6 +15,7 @@ flat ``{"space": "perspective", "groups": ...}`` layout.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from semseg.data.kitti import index_split, read_split
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor
 from semseg.metrics.kitti import KittiRoadEvaluator
 
@@ -141,8 +143,12 @@ def evaluate_samples(
     on_progress: Callable[[int], None] | None = None,
     space: str = "perspective",
     warn: Callable[[str], None] | None = None,
+    crf: CRFParams | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
+
+    ``crf``: refine each image's probabilities with the fully connected CRF before scoring
+    (:mod:`semseg.inference.crf`); its settings are recorded under ``"crf"`` in the results.
 
     ``space`` is ``perspective``, ``bev`` or ``both`` (see the module docstring). For BEV,
     images without ``calib_path`` are skipped and ``warn`` (if given) hears how many once; a
@@ -164,7 +170,7 @@ def evaluate_samples(
         skipped = len(samples) - len(with_calib)
         if skipped and warn is not None:
             warn(bev_skip_message(skipped, len(samples)))
-    predictor = Predictor(loaded, batch_size=batch_size)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf)
     positive = loaded.positive_class
     scores = {name: SpaceScores(loaded.num_classes, positive) for name in spaces}
     lookups = LookupCache()
@@ -196,6 +202,8 @@ def evaluate_samples(
             by_space[name]["sampling"] = "nearest"
         by_space[name]["groups"] = accumulated.groups(name)
     header = {"checkpoint": str(loaded.path), "model": loaded.model_name}
+    if crf is not None:
+        header["crf"] = dataclasses.asdict(crf)
     if len(by_space) == 1:
         (only,) = by_space.values()
         return {**header, **only}

@@ -459,9 +459,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, on_event: Event | None = None) -> 
             _run_parallel(plan, pending, min(jobs, len(pending)), outcome, say)
         finished = [s for s in plan.settings if is_finished(plan.run_dir(s))]
         if finished:
-            results = [
-                collect_result(plan.run_dir(s), s.name, s.values) for s in finished
-            ]
+            results = [collect_result(plan.run_dir(s), s.name, s.values) for s in finished]
             outcome.report = write_report(
                 results,
                 plan.sweep_dir,

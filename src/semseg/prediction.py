@@ -17,6 +17,7 @@ import numpy as np
 from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor, confidence_levels
 from semseg.inference.visualize import overlay
 from semseg.io import IMAGE_SUFFIXES, list_images, read_rgb, write_png_atomic
@@ -70,9 +71,13 @@ def predict_files(
     out_dir: Path,
     batch_size: int = 4,
     on_progress: Callable[[int], None] | None = None,
+    crf: CRFParams | None = None,
 ) -> int:
-    """Write the three outputs for each path; returns the number of images written."""
-    predictor = Predictor(loaded, batch_size=batch_size)
+    """Write the three outputs for each path; returns the number of images written.
+
+    ``crf``: refine the probabilities with the fully connected CRF first (``--crf``).
+    """
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf)
     written = 0
     for start in range(0, len(paths), predictor.batch_size):
         chunk = paths[start : start + predictor.batch_size]

@@ -15,6 +15,7 @@ Everything a run produces lands in ``runs/<name>-<timestamp>/``::
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from semseg.data.datamodule import SegmentationDataModule, index_samples, make_r
 from semseg.data.kitti import read_split, write_split
 from semseg.errors import SemsegError
 from semseg.evaluation import evaluate_samples
-from semseg.inference.checkpoint import load_model
+from semseg.inference.checkpoint import load_model, read_checkpoint
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
 from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
@@ -143,20 +144,40 @@ def _csv_epoch(row: str) -> int:
         return 0
 
 
-def new_run_dir(
-    config: Config, overwrite: bool = False, run_dir: str | Path | None = None
-) -> Path:
-    """``out_dir/name-timestamp`` (or ``run_dir``); reuses a folder only with ``overwrite``."""
+def warn(message: str) -> None:
+    print(f"semseg: warning: {message}", file=sys.stderr, flush=True)
+
+
+def new_run_dir(config: Config, overwrite: bool = False) -> Path:
+    """``train.run_dir`` or ``out_dir/name-timestamp``; an existing folder is refused unless
+    ``overwrite``, which empties it first (nothing of an earlier run is silently mixed in)."""
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(os.environ[RUN_DIR_ENV])
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_dir is None:
+    if config.train.run_dir:
+        run_dir = Path(config.train.run_dir)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not overwrite:
-        raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def check_resumable(config: Config, checkpoint: Path) -> None:
+    """Refuse to resume a checkpoint of another model or class count than the config's."""
+    hparams = read_checkpoint(checkpoint)["hyper_parameters"]
+    if hparams["model_name"] != config.model.name:
+        raise SemsegError(
+            f"{checkpoint} was trained as {hparams['model_name']!r}, not {config.model.name!r}"
+        )
+    if int(hparams["num_classes"]) != config.model.num_classes:
+        raise SemsegError(
+            f"{checkpoint} has {hparams['num_classes']} classes, "
+            f"the config {config.model.num_classes}"
+        )
 
 
 def prepare_data(config: Config, run_dir: Path) -> None:
@@ -198,7 +219,14 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
             filename="best",
             monitor="val_maxf",
             mode="max",
-            save_last=True,
+            enable_version_counter=False,
+        ),
+        # Lightning's save_last only follows a new best; resuming needs every epoch's state.
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
             enable_version_counter=False,
         ),
     ]
@@ -262,7 +290,9 @@ def train(
     """Train as configured; returns the run folder (``run_dir``: this folder, not a new one)."""
     validate(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite, run_dir)
+    if run_dir is not None:
+        config.train.run_dir = str(run_dir)
+    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     prepare_data(config, run_dir)
     samples = index_samples(config.data)
@@ -274,11 +304,16 @@ def train(
         write_split(split_path, split)
     save_config(config, run_dir / "config.yaml")
     datamodule = SegmentationDataModule(config, samples, split)
+    if datamodule.skipped:
+        count, first = len(datamodule.skipped), datamodule.skipped[0]
+        warn(f"skipped {count} unreadable sample(s); first: {first}")
     task = build_task(config)
     progress = config.train.progress and sys.stdout.isatty()
     trainer = build_trainer(config, run_dir, progress)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = last if resume and last.is_file() else None
+    if ckpt_path is not None:
+        check_resumable(config, ckpt_path)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         finish_run(config, run_dir, datamodule)

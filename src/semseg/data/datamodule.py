@@ -16,6 +16,7 @@ from semseg.data.folder import index_folder, load_class_table, read_folder_sampl
 from semseg.data.kitti import index_split, read_sample, split_train_val
 from semseg.data.sample import Sample
 from semseg.data.transforms import apply, build_transforms
+from semseg.errors import SemsegError
 
 SampleReader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
@@ -60,6 +61,25 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def preload(self, skip_bad: bool) -> list[str]:
+        """Read every sample once (filling the cache) so a bad file fails before training starts.
+
+        With ``skip_bad`` unreadable samples are dropped instead; returns their error messages.
+        """
+        kept, cache, skipped = [], {}, []
+        for sample in self.samples:
+            try:
+                arrays = self.reader(sample)
+            except SemsegError as error:
+                if not skip_bad:
+                    raise
+                skipped.append(str(error))
+                continue
+            cache[len(kept)] = arrays
+            kept.append(sample)
+        self.samples, self._cache = kept, cache
+        return skipped
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index not in self._cache:
             self._cache[index] = self.reader(self.samples[index])
@@ -86,6 +106,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set = SegmentationDataset(
             self.val_samples, reader, build_transforms(config.data, train=False)
         )
+        self.skipped = self.train_set.preload(config.data.skip_bad)
+        self.skipped += self.val_set.preload(config.data.skip_bad)
+        self.train_samples, self.val_samples = self.train_set.samples, self.val_set.samples
+        if not self.train_samples or not self.val_samples:
+            raise SemsegError("no readable images left for training or validation")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.config.data.num_workers

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from semseg.config import IGNORE_INDEX
-from semseg.data.kitti import check_same_size
+from semseg.data.kitti import check_same_size, pack_rgb
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.io import list_images, open_image, read_rgb
@@ -34,19 +34,19 @@ class ClassTable:
 
     def decode(self, rgb: np.ndarray, path: Path | str = "mask") -> np.ndarray:
         """Class indices ``(H, W)`` uint8 from a colour mask; unknown colours are an error."""
-        flat = rgb.reshape(-1, 3)
-        colours, inverse = np.unique(flat, axis=0, return_inverse=True)
-        lookup = np.empty(len(colours), dtype=np.uint8)
-        for index, colour in enumerate(colours):
-            class_match = np.flatnonzero((self.colours == colour).all(axis=1))
+        codes, inverse = np.unique(pack_rgb(rgb), return_inverse=True)
+        class_codes = pack_rgb(self.colours)
+        ignore_codes = pack_rgb(self.ignore_colours)
+        lookup = np.empty(len(codes), dtype=np.uint8)
+        for index, code in enumerate(codes):
+            class_match = np.flatnonzero(class_codes == code)
             if class_match.size:
                 lookup[index] = class_match[0]
-            elif self.ignore_colours.size and (self.ignore_colours == colour).all(axis=1).any():
+            elif np.any(ignore_codes == code):
                 lookup[index] = IGNORE_INDEX
             else:
-                raise SemsegError(
-                    f"{path}: colour {tuple(int(v) for v in colour)} is not in the class table"
-                )
+                colour = (int(code >> 16) & 255, int(code >> 8) & 255, int(code) & 255)
+                raise SemsegError(f"{path}: colour {colour} is not in the class table")
         return lookup[inverse.reshape(-1)].reshape(rgb.shape[:2])
 
 

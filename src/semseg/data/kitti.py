@@ -108,11 +108,10 @@ def decode_gt(rgb: np.ndarray, path: Path | str = "ground truth") -> np.ndarray:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise SemsegError(f"{path}: ground truth must be an RGB image")
-    colours = np.unique(rgb.reshape(-1, 3), axis=0)
-    unknown = [c for c in colours if not (c == KNOWN_GT_COLOURS).all(axis=1).any()]
+    unknown = unknown_colours(rgb, KNOWN_GT_COLOURS)
     if unknown:
         raise SemsegError(
-            f"{path}: unknown ground-truth colour {tuple(int(v) for v in unknown[0])} "
+            f"{path}: unknown ground-truth colour {unknown[0]} "
             "(expected the KITTI devkit colours: red = valid area, blue = road)"
         )
     valid = rgb[:, :, 0] > 0
@@ -120,6 +119,19 @@ def decode_gt(rgb: np.ndarray, path: Path | str = "ground truth") -> np.ndarray:
     mask = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
     mask[valid] = road[valid].astype(np.uint8)
     return mask
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Colours as one integer each (``0xRRGGBB``): a 1-D ``np.unique`` is far faster."""
+    rgb = rgb.reshape(-1, 3).astype(np.uint32)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
+def unknown_colours(rgb: np.ndarray, known: np.ndarray) -> list[tuple[int, int, int]]:
+    """Colours of ``rgb`` that are not rows of ``known``, as RGB tuples."""
+    present = np.unique(pack_rgb(rgb))
+    missing = np.setdiff1d(present, pack_rgb(known))
+    return [(int(v >> 16) & 255, int(v >> 8) & 255, int(v) & 255) for v in missing]
 
 
 def read_gt_mask(path: str | Path) -> np.ndarray:

@@ -1,10 +1,15 @@
 """Joint image/mask transforms on ``torchvision.transforms.v2``.
 
-Images are ``tv_tensors.Image`` (uint8 until the last step), masks ``tv_tensors.Mask``: v2 resizes
-masks with nearest-neighbour interpolation, so class indices and the ignore index survive.
+Images are ``tv_tensors.Image`` (uint8 until the last step), masks ``tv_tensors.Mask``. Masks are
+resized with *exact* nearest-neighbour interpolation: v2's default for masks (legacy "nearest",
+``src = floor(dst * scale)``) samples up to a source pixel up and left of where bilinear
+resampling of the image looks, which shifts labels against pixels; nearest-exact samples at the
+same pixel centres. Class indices and the ignore index survive every step.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +19,29 @@ from torchvision.transforms import v2
 
 from semseg.config import IGNORE_INDEX, DataConfig
 
+MASK_INTERPOLATION = v2.InterpolationMode.NEAREST_EXACT
+
+
+class Resize(v2.Resize):
+    """``v2.Resize`` that resizes masks with centre-aligned nearest-neighbour sampling."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return v2.functional.resize(inpt, self.size, interpolation=MASK_INTERPOLATION)
+        return super().transform(inpt, params)
+
+
+class RandomResizedCrop(v2.RandomResizedCrop):
+    """``v2.RandomResizedCrop`` that resizes masks with centre-aligned nearest sampling."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            cropped = v2.functional.crop(
+                inpt, params["top"], params["left"], params["height"], params["width"]
+            )
+            return v2.functional.resize(cropped, self.size, interpolation=MASK_INTERPOLATION)
+        return super().transform(inpt, params)
+
 
 def build_transforms(config: DataConfig, train: bool) -> v2.Compose:
     """Resize to the training size; for training also flip, scale-crop and colour jitter."""
@@ -22,12 +50,12 @@ def build_transforms(config: DataConfig, train: bool) -> v2.Compose:
     if train and config.scale_crop > 0:
         aspect = config.width / config.height
         steps.append(
-            v2.RandomResizedCrop(
+            RandomResizedCrop(
                 size, scale=(config.scale_crop, 1.0), ratio=(aspect * 0.8, aspect * 1.25)
             )
         )
     else:
-        steps.append(v2.Resize(size))
+        steps.append(Resize(size))
     if train and config.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if train and config.color_jitter > 0:

@@ -10,17 +10,27 @@ import torch.nn.functional as F
 
 from semseg.data.transforms import image_to_tensor
 from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.crf import CRFParams, refine
 
 
 class Predictor:
     """Resizes each image to the training size, runs the model, upsamples logits back.
 
     ``predict(images)`` yields ``(C, H, W)`` float32 probabilities, one per input image at the
-    image's own size (bilinear upsampling of the logits, then softmax).
+    image's own size (bilinear upsampling of the logits, then softmax). With ``crf`` set, each
+    image's probabilities are then refined by the fully connected CRF (:mod:`semseg.inference.crf`)
+    against the image itself.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 4, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        batch_size: int = 4,
+        device: str = "cpu",
+        crf: CRFParams | None = None,
+    ) -> None:
         self.loaded = loaded
+        self.crf = crf
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
@@ -42,7 +52,10 @@ class Predictor:
                 mode="bilinear",
                 align_corners=False,
             )
-            probabilities.append(full.softmax(dim=1)[0].cpu().numpy())
+            probability = full.softmax(dim=1)[0].cpu().numpy()
+            if self.crf is not None:
+                probability = refine(image, probability, self.crf)
+            probabilities.append(probability)
         return probabilities
 
     def predict(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from semseg.config import IGNORE_INDEX
+from semseg.errors import SemsegError
 from semseg.metrics.road import RoadMaxF
 from semseg.models import build_model
 
@@ -61,6 +62,12 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch
         loss = self.loss(self(images), masks)
+        if not torch.isfinite(loss):
+            raise SemsegError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
+                f"{batch_idx + 1}; stopped (the last good checkpoint is kept: "
+                "checkpoints/last.ckpt). Try a lower --lr"
+            )
         self.log(
             "train_loss",
             loss,

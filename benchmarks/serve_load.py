@@ -1,0 +1,356 @@
+"""Load test of ``semseg serve`` on loopback: every answer checked, throughput and latency.
+
+Sends ``--requests`` POST /v1/segment requests from ``--clients`` concurrent clients (threads,
+one keep-alive connection each), cycling the four formats (overlay, prob, label, json) and the
+two upload styles (raw image body, multipart ``file``) over synthetic KITTI-like road scenes of
+two sizes. Every answer is checked against the model run directly in this process: status 200,
+PNG size and mode, class indices in range, labels and road fraction matching the reference
+(a handful of pixels may differ where two classes tie to within float rounding, since the server
+micro-batches), probabilities within one 8-bit level. The run is bounded by ``--requests`` and
+``--max-seconds``.
+
+    python3 benchmarks/serve_load.py                    # 200 requests, 8 clients, 375x1242
+    python3 benchmarks/serve_load.py --quick            # 40 requests, 4 clients, small images
+    python3 benchmarks/serve_load.py --checkpoint runs/RUN/checkpoints/best.ckpt
+    python3 benchmarks/serve_load.py --url http://127.0.0.1:8000 --checkpoint CKPT
+
+Without ``--url`` it starts ``semseg serve`` in a subprocess on a free port (without
+``--checkpoint``, on a tiny untrained FCN-8s with random class-score weights, so that the masks
+are not trivial; that measures the service more than the network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+FORMATS = ("overlay", "prob", "label", "json")
+
+
+@dataclass
+class Sample:
+    """One test image, encoded, with the model's reference answer."""
+
+    png: bytes
+    image: np.ndarray
+    labels: np.ndarray | None = None
+    levels: np.ndarray | None = None
+
+
+@dataclass
+class LoadReport:
+    requests: int
+    clients: int
+    completed: int
+    ok: int
+    rejected: int
+    failures: list[str]
+    wall_s: float
+    latencies_ms: list[float] = field(repr=False)
+    mean_batch: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "clients": self.clients,
+            "completed": self.completed,
+            "ok": self.ok,
+            "rejected_503": self.rejected,
+            "failures": len(self.failures),
+            "wall_s": round(self.wall_s, 2),
+            "throughput_rps": round(self.throughput, 2),
+            "latency_ms": {
+                "p50": round(self.percentile(50), 1),
+                "p95": round(self.percentile(95), 1),
+                "p99": round(self.percentile(99), 1),
+                "max": round(max(self.latencies_ms), 1) if self.latencies_ms else None,
+                "mean": round(float(np.mean(self.latencies_ms)), 1) if self.latencies_ms else None,
+            },
+            "mean_micro_batch": None if self.mean_batch is None else round(self.mean_batch, 2),
+        }
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """An untrained FCN-8s (width 1/8, input 32x96) whose class scores are not all zero."""
+    import torch
+
+    from semseg.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(seed)
+    task = SegmentationTask(model_name="fcn8s", num_classes=2,
+                            model_options={"width_mult": 0.125, "keep_prob": 1.0},
+                            input_size=[32, 96])
+    with torch.no_grad():
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            getattr(task.model, name).weight.normal_(0.0, 0.5)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path
+
+
+def make_samples(count: int, height: int, width: int, seed: int = 0) -> list[Sample]:
+    """Synthetic road scenes, alternating the full and a 3/4 size (mixed micro-batches)."""
+    from semseg.data.synthetic import generate_scene
+
+    samples = []
+    for index in range(count):
+        h, w = (height, width) if index % 2 == 0 else (height * 3 // 4, width * 3 // 4)
+        image = generate_scene(seed + index, height=h, width=w).image
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        samples.append(Sample(buffer.getvalue(), image))
+    return samples
+
+
+def add_references(samples: list[Sample], checkpoint: Path) -> tuple[int, int]:
+    """The model's own labels and road levels per sample; returns (positive class, classes)."""
+    from semseg.inference.checkpoint import load_model
+    from semseg.inference.predictor import Predictor, confidence_levels
+
+    loaded = load_model(checkpoint)
+    predictor = Predictor(loaded, batch_size=1)
+    for sample in samples:
+        (probability,) = predictor.predict_batch([sample.image])
+        sample.labels = probability.argmax(axis=0).astype(np.uint8)
+        sample.levels = confidence_levels(probability[loaded.positive_class])
+    return loaded.positive_class, loaded.num_classes
+
+
+def check_answer(
+    response: httpx.Response, fmt: str, sample: Sample, positive: int, num_classes: int
+) -> str | None:
+    """None when the answer is right, else what is wrong."""
+    from semseg.inference.visualize import overlay
+
+    if response.status_code != 200:
+        return f"status {response.status_code}: {response.text[:200]}"
+    assert sample.labels is not None and sample.levels is not None
+    height, width = sample.labels.shape
+    reference_fraction = float((sample.labels == positive).mean())
+    if fmt == "json":
+        body = response.json()
+        if (body["width"], body["height"]) != (width, height):
+            return f"json size {body['width']}x{body['height']}, expected {width}x{height}"
+        if abs(body["road_fraction"] - reference_fraction) > 0.005:
+            return f"road fraction {body['road_fraction']:.4f} vs {reference_fraction:.4f}"
+        if sum(area["pixels"] for area in body["classes"].values()) != width * height:
+            return "class areas do not add up to the image"
+        return None
+    if response.headers.get("content-type") != "image/png":
+        return f"content type {response.headers.get('content-type')}"
+    picture = Image.open(io.BytesIO(response.content))
+    if picture.size != (width, height):
+        return f"{fmt} PNG is {picture.size}, expected {(width, height)}"
+    array = np.asarray(picture)
+    if fmt == "prob":
+        if picture.mode != "L":
+            return f"prob PNG mode {picture.mode}"
+        worst = int(np.abs(array.astype(int) - sample.levels.astype(int)).max())
+        return None if worst <= 1 else f"prob differs by {worst} levels"
+    if fmt == "label":
+        if int(array.max()) >= num_classes:
+            return f"label value {int(array.max())} out of range"
+        agreement = float((array == sample.labels).mean())
+        return None if agreement >= 0.995 else f"labels agree on {agreement:.2%} only"
+    expected = overlay(sample.image, sample.labels == positive)
+    differing = float((np.abs(array.astype(int) - expected.astype(int)).max(axis=2) > 1).mean())
+    return None if differing <= 0.005 else f"overlay differs on {differing:.2%} of pixels"
+
+
+def run_load(
+    url: str,
+    samples: list[Sample],
+    positive: int,
+    num_classes: int,
+    requests: int,
+    clients: int,
+    max_seconds: float,
+) -> LoadReport:
+    """``requests`` requests from ``clients`` threads; stops early at ``max_seconds``."""
+    url = url.rstrip("/")
+    lock = threading.Lock()
+    state = {"next": 0}
+    latencies: list[float] = []
+    failures: list[str] = []
+    counts = {"completed": 0, "ok": 0, "rejected": 0}
+    deadline = time.perf_counter() + max_seconds
+
+    def health() -> dict:
+        return httpx.get(f"{url}/healthz", timeout=10).json()
+
+    before = health()
+
+    def client() -> None:
+        with httpx.Client(timeout=max(30.0, max_seconds)) as session:
+            while True:
+                with lock:
+                    index = state["next"]
+                    if index >= requests or time.perf_counter() > deadline:
+                        return
+                    state["next"] += 1
+                sample = samples[index % len(samples)]
+                fmt = FORMATS[index % len(FORMATS)]
+                raw = (index // len(FORMATS)) % 2 == 0
+                started = time.perf_counter()
+                try:
+                    if raw:
+                        response = session.post(
+                            f"{url}/v1/segment", params={"format": fmt}, content=sample.png,
+                            headers={"Content-Type": "image/png"},
+                        )
+                    else:
+                        response = session.post(
+                            f"{url}/v1/segment", params={"format": fmt},
+                            files={"file": (f"scene{index}.png", sample.png, "image/png")},
+                        )
+                    elapsed = (time.perf_counter() - started) * 1000.0
+                    problem = check_answer(response, fmt, sample, positive, num_classes)
+                except Exception as error:  # a dropped connection is a failure to report
+                    elapsed = (time.perf_counter() - started) * 1000.0
+                    problem = f"{type(error).__name__}: {error}"
+                    response = None
+                with lock:
+                    counts["completed"] += 1
+                    latencies.append(elapsed)
+                    if problem is None:
+                        counts["ok"] += 1
+                    elif response is not None and response.status_code == 503:
+                        counts["rejected"] += 1
+                    else:
+                        failures.append(f"request {index} ({fmt}, {'raw' if raw else 'multipart'})"
+                                        f": {problem}")
+
+    threads = [threading.Thread(target=client, name=f"client{i}") for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    after = health()
+    batches = after["batches"] - before["batches"]
+    mean_batch = (after["images"] - before["images"]) / batches if batches else None
+    return LoadReport(requests, clients, counts["completed"], counts["ok"], counts["rejected"],
+                      failures, wall, latencies, mean_batch)
+
+
+def start_server(checkpoint: Path, extra: list[str], log: Path, timeout: float = 120.0):
+    """``semseg serve CHECKPOINT --port 0`` in a subprocess; returns (process, url)."""
+    command = [sys.executable, "-m", "semseg.cli", "serve", str(checkpoint), "--port", "0", *extra]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
+                               env=env)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"semseg serve exited ({process.returncode}): "
+                               f"{log.read_text()[-2000:]}")
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if " on http://" in line:
+            url = line.split(" on ", 1)[1].split()[0].rstrip("/")
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        return process, url
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError("semseg serve did not start in time")
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores, {model}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="An already running server (needs --checkpoint).")
+    parser.add_argument("--checkpoint", type=Path, help="Default: a tiny untrained FCN-8s.")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=1242)
+    parser.add_argument("--images", type=int, default=8, help="Distinct test images.")
+    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--batch-size", type=int, help="Passed to semseg serve.")
+    parser.add_argument("--quick", action="store_true",
+                        help="40 requests, 4 clients, 120x400 images, 60 s at most.")
+    parser.add_argument("--json", type=Path, help="Write the summary here.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.clients, args.height, args.width = 40, 4, 120, 400
+        args.images, args.max_seconds = 4, 60.0
+    if args.url and not args.checkpoint:
+        parser.error("--url needs --checkpoint (the answers are checked against it)")
+
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:
+        checkpoint = args.checkpoint or tiny_checkpoint(Path(scratch) / "tiny.ckpt")
+        samples = make_samples(args.images, args.height, args.width)
+        positive, num_classes = add_references(samples, checkpoint)
+        process = None
+        url = args.url
+        if url is None:
+            extra = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+            process, url = start_server(checkpoint, extra, Path(scratch) / "server.log")
+        try:
+            report = run_load(url, samples, positive, num_classes, args.requests, args.clients,
+                              args.max_seconds)
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+    summary = {
+        "machine": machine(),
+        "command": "python3 benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
+        "images": f"{args.images} synthetic scenes, {args.height}x{args.width} and 3/4 of that",
+        **report.summary(),
+    }
+    print(json.dumps(summary, indent=2))
+    for failure in report.failures[:20]:
+        print("FAILED", failure, file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if not report.failures and report.ok == report.completed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""``semseg serve``: the API through the ASGI test client, limits and bad input, the page (also
+in headless Chromium when /usr/bin/chromium and playwright are there) and a quick load test."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from semseg.data.synthetic import generate_scene
+from semseg.errors import SemsegError
+from semseg.inference.checkpoint import LoadedModel, load_model
+from semseg.inference.predictor import Predictor, confidence_levels
+from semseg.inference.visualize import overlay
+from semseg.serve import create_app, listen_socket, offered_backends, resolve_backend
+from semseg.tasks.segmentation import SegmentationTask
+
+with warnings.catch_warnings():  # newer Starlette warns that its test client prefers httpx2
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+FORMATS = ("overlay", "prob", "label", "json")
+
+
+def save_task_checkpoint(path: Path, num_classes: int = 2, seed: int = 0) -> Path:
+    """A tiny untrained FCN-8s; random class-score weights so that its masks are not empty."""
+    torch.manual_seed(seed)
+    task = SegmentationTask(model_name="fcn8s", num_classes=num_classes,
+                            model_options={"width_mult": 0.125, "keep_prob": 1.0},
+                            input_size=[32, 96], class_names=["not road", "road"])
+    with torch.no_grad():
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            getattr(task.model, name).weight.normal_(0.0, 0.5)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path
+
+
+def encode(image: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    return picture
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_task_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint: Path) -> LoadedModel:
+    return load_model(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return generate_scene(3, height=60, width=200).image
+
+
+@pytest.fixture(scope="module")
+def client(loaded: LoadedModel):
+    with TestClient(create_app(loaded)) as test_client:
+        yield test_client
+
+
+def post_image(client, data: bytes, fmt: str = "overlay", multipart: bool = True, **params):
+    params = {"format": fmt, **params}
+    if multipart:
+        return client.post("/v1/segment", params=params,
+                           files={"file": ("scene.png", data, "image/png")})
+    return client.post("/v1/segment", params=params, content=data,
+                       headers={"Content-Type": "image/png"})
+
+
+def assert_json_error(response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "\n" not in body["error"]
+    for fragment in fragments:
+        assert fragment in body["error"], body["error"]
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("multipart", [True, False], ids=["multipart", "raw"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_answers_at_the_image_size(client, loaded, scene, fmt, multipart):
+    height, width = 47, 133  # odd sizes: the answers follow the input, not the model's size
+    image = np.ascontiguousarray(scene[:height, :width])
+    response = post_image(client, encode(image), fmt, multipart=multipart)
+    assert response.status_code == 200, response.text
+    if fmt == "json":
+        body = response.json()
+        assert (body["width"], body["height"]) == (width, height)
+        assert body["model"] == "fcn8s" and body["backend"] == "torch"
+        assert set(body["classes"]) == {"not road", "road"}
+        assert sum(c["pixels"] for c in body["classes"].values()) == width * height
+        assert sum(c["fraction"] for c in body["classes"].values()) == pytest.approx(1.0)
+        assert body["classes"]["road"]["fraction"] == pytest.approx(body["road_fraction"])
+        assert 0 <= body["road_fraction"] <= 1 and body["latency_ms"] > 0
+        return
+    assert response.headers["content-type"] == "image/png"
+    picture = decode(response.content)
+    assert picture.size == (width, height)
+    assert picture.mode == {"overlay": "RGB", "prob": "L", "label": "L"}[fmt]
+    if fmt == "label":
+        assert int(np.asarray(picture).max()) < loaded.num_classes
+    assert 0 <= float(response.headers["X-Road-Fraction"]) <= 1
+
+
+def test_answers_match_the_model_and_each_other(client, loaded, scene):
+    data = encode(scene)
+    (probability,) = Predictor(loaded, batch_size=1).predict_batch([scene])
+    expected_labels = probability.argmax(axis=0)
+    labels = np.asarray(decode(post_image(client, data, "label").content))
+    prob = np.asarray(decode(post_image(client, data, "prob", multipart=False).content))
+    body = post_image(client, data, "json").json()
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(prob, confidence_levels(probability[loaded.positive_class]))
+    road = labels == loaded.positive_class
+    assert 0.01 < road.mean() < 0.99  # the tiny model's mask is neither empty nor everything
+    assert body["road_fraction"] == pytest.approx(float(road.mean()), abs=1e-12)
+    assert body["road_pixels"] == int(road.sum())
+    assert body["classes"]["road"]["pixels"] == int(road.sum())
+    answer = post_image(client, data, "overlay")
+    assert float(answer.headers["X-Road-Fraction"]) == pytest.approx(road.mean(), abs=1e-6)
+    np.testing.assert_array_equal(np.asarray(decode(answer.content)), overlay(scene, road))
+    plain = np.asarray(decode(post_image(client, data, "overlay", alpha=0.0).content))
+    np.testing.assert_array_equal(plain, scene)
+    green = np.asarray(decode(post_image(client, data, "overlay", alpha=1.0).content))
+    assert (green[road] == [0, 255, 0]).all() and (green[~road] == scene[~road]).all()
+
+
+def test_other_image_kinds_are_accepted(client, scene):
+    grey = np.ascontiguousarray(scene[:, :, 1])
+    rgba = np.dstack([scene, np.full(scene.shape[:2], 200, np.uint8)])
+    for data, kind in ((encode(scene, "JPEG", quality=90), "image/jpeg"),
+                       (encode(grey), "image/png"), (encode(rgba), "image/png"),
+                       (encode(scene, "BMP"), "image/bmp"),
+                       (encode(scene), "application/octet-stream")):
+        response = client.post("/v1/segment", params={"format": "json"}, content=data,
+                               headers={"Content-Type": kind})
+        assert response.status_code == 200, (kind, response.text)
+        assert (response.json()["width"], response.json()["height"]) == (200, 60)
+
+
+def test_model_and_health(client, checkpoint):
+    info = client.get("/v1/model").json()
+    assert info["name"] == "fcn8s" and info["num_classes"] == 2
+    assert info["classes"] == ["not road", "road"] and info["positive_class"] == 1
+    assert info["positive_class_name"] == "road"
+    assert info["input_size"] == {"height": 32, "width": 96}
+    assert info["backend"] == "torch"
+    assert info["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert info["checkpoint"]["file"] == "tiny.ckpt"
+    assert info["limits"]["max_bytes"] == 20 * 1024 * 1024 and info["limits"]["max_side"] == 8192
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["in_flight"] == 0
+
+
+def test_openapi_describes_the_api(client):
+    spec = client.get("/openapi.json").json()
+    segment = spec["paths"]["/v1/segment"]["post"]
+    content = segment["requestBody"]["content"]
+    assert "multipart/form-data" in content and "image/png" in content
+    assert {p["name"] for p in segment["parameters"]} == {"format", "alpha"}
+    assert {"413", "415", "400", "422", "503"} <= set(segment["responses"])
+    assert "/v1/model" in spec["paths"] and "/healthz" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page
+    for fragment in ('type="file"', 'id="opacity"', 'type="range"', "<canvas",
+                     'id="road-fraction"', "v1/segment?format=label"):
+        assert fragment in page, fragment
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+
+
+# --- limits and bad input ----------------------------------------------------------------------
+
+
+def test_bad_requests_get_a_4xx_json_error(client, scene):
+    data = encode(scene)
+    url = "/v1/segment"
+    cases = [
+        (client.post(url, content=b"hello", headers={"Content-Type": "text/plain"}), 415,
+         "text/plain"),
+        (client.post(url, content=b'{"a": 1}', headers={"Content-Type": "application/json"}),
+         415, "application/json"),
+        (client.post(url, content=data), 415, "Content-Type"),
+        (client.post(url, content=b"", headers={"Content-Type": "image/png"}), 400, "empty"),
+        (client.post(url, content=data[:120], headers={"Content-Type": "image/png"}), 400,
+         "cannot decode"),
+        (client.post(url, content=b"\x89PNG\r\n\x1a\n" + bytes(64),
+                     headers={"Content-Type": "image/png"}), 400, "cannot decode"),
+        (client.post(url, content=b"GIF89a" + bytes(40), headers={"Content-Type": "image/gif"}),
+         415, "image/gif"),
+        (client.post(url, files={"image": ("scene.png", data, "image/png")}), 422, "'file'"),
+        (client.post(url, files={"other": ("x.txt", b"x", "text/plain")},
+                     data={"file": "not a file"}), 422, "'file'"),
+        (client.post(url, files={"file": ("notes.txt", b"hello", "text/plain")}), 415,
+         "text/plain"),
+        (client.post(url, files={"file": ("scene.png", b"", "image/png")}), 400, "empty"),
+        (client.post(url, files={"file": ("scene.png", data[:200], "image/png")}), 400,
+         "cannot decode"),
+        (client.post(url, content=b"", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+         400, "empty"),
+        (client.post(url, content=b"junk", headers={"Content-Type": "multipart/form-data"}), 400,
+         "multipart"),
+        (client.post(url, params={"format": "gif"}, content=data,
+                     headers={"Content-Type": "image/png"}), 422, "format"),
+        (client.post(url, params={"alpha": "2"}, content=data,
+                     headers={"Content-Type": "image/png"}), 422, "alpha"),
+        (client.get(url), 405, ""),
+        (client.get("/v2/nothing"), 404, ""),
+    ]
+    for response, status, fragment in cases:
+        assert_json_error(response, status, fragment)
+    assert client.get("/healthz").json()["in_flight"] == 0  # every refusal gave its slot back
+
+
+def test_size_limits(loaded, scene):
+    data = encode(scene)
+    with TestClient(create_app(loaded, max_bytes=len(data) - 1, warmup=False)) as small:
+        assert_json_error(post_image(small, data, multipart=False), 413, str(len(data) - 1))
+        assert_json_error(post_image(small, data, multipart=True), 413)
+
+        def chunks():  # no Content-Length: the limit applies while reading
+            yield data[:1000]
+            yield data[1000:]
+
+        chunked = small.post("/v1/segment", content=chunks(), headers={"Content-Type": "image/png"})
+        assert_json_error(chunked, 413, "over the limit")
+        tiny = encode(scene[:20, :20])
+        assert post_image(small, tiny, "json").status_code == 200
+    with TestClient(create_app(loaded, max_side=150, warmup=False)) as narrow:
+        assert_json_error(post_image(narrow, data), 413, "200x60", "150")
+        assert post_image(narrow, encode(np.ascontiguousarray(scene[:, :150])), "json").json()[
+            "width"] == 150
+
+
+def test_busy_server_answers_503_with_retry_after(loaded, scene):
+    app = create_app(loaded, max_queue=2, warmup=False)
+    worker = app.state.service.worker
+    with TestClient(app) as busy:
+        assert worker.admit() and worker.admit()  # two requests in flight: the queue is full
+        try:
+            response = post_image(busy, encode(scene))
+            assert_json_error(response, 503, "busy")
+            assert response.headers["retry-after"] == "1"
+        finally:
+            worker.release()
+            worker.release()
+        assert post_image(busy, encode(scene), "json").status_code == 200
+        assert busy.get("/healthz").json()["in_flight"] == 0
+
+
+def test_backend_choices():
+    assert resolve_backend("torch") == "torch"
+    assert resolve_backend("auto") in offered_backends() + ("auto",)
+    with pytest.raises(SemsegError, match="--backend must be one of"):
+        resolve_backend("tensorrt")
+    if "onnxruntime" in offered_backends():
+        assert resolve_backend("onnxruntime") == "onnxruntime"
+    else:
+        with pytest.raises(SemsegError, match="onnxruntime is not available"):
+            resolve_backend("onnxruntime")
+
+
+def test_cli_refuses_bad_settings_in_one_line(checkpoint, tmp_path):
+    result = run_cli("serve", str(checkpoint), "--backend", "tensorrt", timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("semseg: error:"), result.stderr
+    assert "--backend" in lines[0]
+
+
+# --- a live server: concurrency, the page in a browser, the load test --------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(loaded):
+    """uvicorn on 127.0.0.1 (a free port) in a background thread."""
+    import uvicorn
+
+    app = create_app(loaded, max_queue=4)
+    sock = listen_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+def test_concurrent_clients_are_queued_or_refused(live_server, scene):
+    import httpx
+
+    url, app = live_server
+    data = encode(scene)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=60) as session:
+            for _ in range(3):
+                response = session.post(f"{url}/v1/segment", params={"format": "label"},
+                                        content=data, headers={"Content-Type": "image/png"})
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+                    assert "busy" in response.json()["error"]
+                else:
+                    assert decode(response.content).size == (200, 60)
+                with lock:
+                    statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(statuses) == 30 and set(statuses) <= {200, 503} and 200 in statuses
+    worker = app.state.service.worker
+    assert worker.in_flight == 0 and worker.capacity == 4
+
+
+def test_page_in_headless_chromium(live_server, scene, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip("no /usr/bin/chromium (Debian's chromium package); the browser test is "
+                    "optional and CI does not install it")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("the playwright package is not installed (pip install playwright)")
+    from playwright.sync_api import sync_playwright
+
+    url, _ = live_server
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(encode(scene))
+    import httpx
+
+    expected = httpx.post(f"{url}/v1/segment", params={"format": "json"},
+                          content=picture.read_bytes(), headers={"Content-Type": "image/png"})
+    labels = np.asarray(decode(httpx.post(
+        f"{url}/v1/segment", params={"format": "label"}, content=picture.read_bytes(),
+        headers={"Content-Type": "image/png"}).content))
+    road = labels == 1
+    fraction = expected.json()["road_fraction"]
+    external: list[str] = []
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: None if r.url.startswith(url) else external.append(r.url))
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.goto(f"{url}/")
+            # Selectors, not wait_for_function: the page's CSP forbids eval, and stays on.
+            page.wait_for_selector("#model:has-text('fcn8s')", timeout=20_000)
+            page.set_input_files("#file", str(picture))
+            page.wait_for_selector("body[data-state='done']", timeout=30_000)
+            shown = page.text_content("#road-fraction")
+            assert shown.endswith("%") and abs(float(shown[:-1]) - 100 * fraction) <= 0.051
+
+            def canvas() -> np.ndarray:
+                size, values = page.evaluate("""() => {
+                    const c = document.getElementById('result');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    return [[c.height, c.width], Array.from(d)];
+                }""")
+                return np.array(values, dtype=np.int16).reshape(*size, 4)[:, :, :3]
+
+            drawn = canvas()
+            assert drawn.shape[:2] == scene.shape[:2]
+            half = overlay(scene, road).astype(np.int16)
+            assert np.abs(drawn - half).max() <= 2  # the page's composite is the 0.5 overlay
+            page.eval_on_selector("#opacity", "e => { e.value = '100';"
+                                              " e.dispatchEvent(new Event('input')); }")
+            full = canvas()
+            assert (np.abs(full[road] - [0, 255, 0]) <= 1).all()
+            assert np.abs(full[~road] - scene[~road]).max() <= 1
+            assert page.text_content("#opacity-value") == "100%"
+            bad = tmp_path / "broken.png"
+            bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector("body[data-state='error']", timeout=30_000)
+            assert "400" in page.text_content("#status")
+        finally:
+            browser.close()
+    assert external == []
+    assert not [line for line in console if "Content Security Policy" in line], console
+
+
+def test_quick_load(checkpoint, tmp_path):
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" /
+                                                  "serve_load.py")
+    assert spec is not None and spec.loader is not None
+    serve_load = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = serve_load
+    spec.loader.exec_module(serve_load)
+    out = tmp_path / "load.json"
+    code = serve_load.main(["--quick", "--checkpoint", str(checkpoint), "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert code == 0, summary
+    assert summary["requests"] == 40 and summary["clients"] == 4
+    assert summary["ok"] == 40 and summary["failures"] == 0
+    assert summary["throughput_rps"] > 0 and summary["latency_ms"]["p95"] > 0
