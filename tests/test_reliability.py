@@ -381,3 +381,22 @@ def test_a_run_killed_mid_epoch_resumes_to_a_complete_log(tmp_path: Path):
     assert (run_dir / "eval_val.json").is_file()
     leftovers = [p for p in run_dir.rglob("*.tmp")]
     assert leftovers == []
+
+
+def test_evaluate_skips_unreadable_images_only_when_asked(tiny_run: Path, tmp_path: Path):
+    from semseg.data.synthetic import write_kitti_layout
+
+    root = write_kitti_layout(tmp_path / "k", num_train=4, height=40, width=120)
+    broken = sorted((root / "training" / "image_2").glob("*.png"))[1]
+    broken.write_bytes(b"")
+    ckpt = str(tiny_run / "checkpoints" / "best.ckpt")
+    strict = run_cli("evaluate", ckpt, "--data", str(root), "--out", str(tmp_path / "a.json"))
+    assert strict.returncode != 0 and broken.name in strict.stderr
+    assert "Traceback" not in strict.stderr and not (tmp_path / "a.json").exists()
+    lenient = run_cli(
+        "evaluate", ckpt, "--data", str(root), "--skip-bad", "--out", str(tmp_path / "b.json")
+    )
+    assert lenient.returncode == 0, lenient.stderr[-2000:]
+    assert "skipped 1 unreadable" in lenient.stderr
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert results["num_images"] == 3 and len(results["unreadable"]) == 1

@@ -285,6 +285,7 @@ def evaluate(
             space=space,
             warn=lambda message: err_console.print(f"warning: {message}"),
             crf=crf_params,
+            skip_bad=skip_bad,
         )
     results["split"] = split
     suffix = "" if space == "perspective" else f"_{space}"

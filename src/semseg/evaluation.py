@@ -144,6 +144,7 @@ def evaluate_samples(
     space: str = "perspective",
     warn: Callable[[str], None] | None = None,
     crf: CRFParams | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
 
@@ -153,6 +154,9 @@ def evaluate_samples(
     ``space`` is ``perspective``, ``bev`` or ``both`` (see the module docstring). For BEV,
     images without ``calib_path`` are skipped and ``warn`` (if given) hears how many once; a
     malformed calib file, or no calib file at all, is a SemsegError before any inference.
+
+    An unreadable image or ground truth is an error, or with ``skip_bad`` left out, counted in
+    ``"unreadable"`` and reported once through ``warn``.
     """
     if space not in SPACES:
         raise SemsegError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
@@ -174,15 +178,22 @@ def evaluate_samples(
     positive = loaded.positive_class
     scores = {name: SpaceScores(loaded.num_classes, positive) for name in spaces}
     lookups = LookupCache()
+    unreadable: list[str] = []
+    used = dict.fromkeys(scores, 0)
     for start in range(0, len(samples), predictor.batch_size):
-        chunk = samples[start : start + predictor.batch_size]
-        pairs = [reader(sample) for sample in chunk]
+        chunk, pairs = read_chunk(
+            samples[start : start + predictor.batch_size], reader, skip_bad, unreadable
+        )
+        if not chunk:
+            continue
         probabilities = predictor.predict_batch([image for image, _ in pairs])
         for sample, (_, mask), probability in zip(chunk, pairs, probabilities, strict=True):
             labels = probability.argmax(axis=0)
             if "perspective" in scores:
                 scores["perspective"].update(sample.category, probability[positive], labels, mask)
+                used["perspective"] += 1
             if "bev" in scores and sample.calib_path is not None:
+                used["bev"] += 1
                 table = lookups.get(calibs[sample.calib_path], mask.shape)
                 scores["bev"].update(
                     sample.category,
@@ -194,20 +205,41 @@ def evaluate_samples(
             on_progress(len(chunk))
     by_space: dict[str, dict[str, Any]] = {}
     for name, accumulated in scores.items():
-        by_space[name] = {"space": name, "num_images": len(samples), "groups": None}
+        by_space[name] = {"space": name, "num_images": used[name], "groups": None}
         if name == "bev":
-            by_space[name]["num_images"] = len(samples) - skipped
             by_space[name]["skipped_no_calib"] = skipped
             by_space[name]["grid"] = KITTI_BEV_GRID.describe()
             by_space[name]["sampling"] = "nearest"
         by_space[name]["groups"] = accumulated.groups(name)
-    header = {"checkpoint": str(loaded.path), "model": loaded.model_name}
+    if unreadable and warn is not None:
+        warn(f"skipped {len(unreadable)} unreadable image(s); first: {unreadable[0]}")
+    header = {"checkpoint": str(loaded.path), "model": loaded.model_name, "unreadable": unreadable}
     if crf is not None:
         header["crf"] = dataclasses.asdict(crf)
     if len(by_space) == 1:
         (only,) = by_space.values()
         return {**header, **only}
-    return {**header, "num_images": len(samples), "spaces": by_space}
+    return {**header, "num_images": len(samples) - len(unreadable), "spaces": by_space}
+
+
+def read_chunk(
+    chunk: Sequence[Sample],
+    reader: Callable[[Sample], tuple[np.ndarray, np.ndarray]],
+    skip_bad: bool,
+    unreadable: list[str],
+) -> tuple[list[Sample], list[tuple[np.ndarray, np.ndarray]]]:
+    """Read a batch of samples; with ``skip_bad`` unreadable ones are left out and noted."""
+    kept, pairs = [], []
+    for sample in chunk:
+        try:
+            pairs.append(reader(sample))
+        except SemsegError as error:
+            if not skip_bad:
+                raise
+            unreadable.append(str(error))
+            continue
+        kept.append(sample)
+    return kept, pairs
 
 
 def data_config_for(data_root: Path, class_table: str | None) -> DataConfig:
