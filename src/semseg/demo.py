@@ -17,7 +17,7 @@ from semseg.data.synthetic import write_kitti_layout
 from semseg.evaluation import evaluate_samples
 from semseg.inference.checkpoint import load_model
 from semseg.io import write_json_atomic, write_text_atomic
-from semseg.training import best_checkpoint, train, write_overlays
+from semseg.training import best_checkpoint, spread, train, write_overlays
 
 HELDOUT_SCENES = 30
 HELDOUT_SEED_OFFSET = 1000
@@ -51,7 +51,7 @@ def run_demo(out_dir: str = "runs", seconds: float | None = None) -> DemoReport:
     results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
     results["split"] = "heldout"
     write_json_atomic(run_dir / "eval_heldout.json", results)
-    write_overlays(loaded, samples[:6], reader, run_dir / "heldout_overlays")
+    write_overlays(loaded, spread(samples, 6), reader, run_dir / "heldout_overlays")
     road_iou = results["groups"]["all"]["iou"]
     write_text_atomic(run_dir / "report.md", report_text(run_dir, results, road_iou))
     return DemoReport(run_dir=run_dir, results=results, road_iou=road_iou)

@@ -336,9 +336,19 @@ def finish_run(config: Config, run_dir: Path, datamodule: SegmentationDataModule
     samples = datamodule.val_samples
     results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
     results["split"] = "val"
-    write_overlays(loaded, samples[: config.train.overlay_samples], reader, run_dir / "overlays")
+    write_overlays(
+        loaded, spread(samples, config.train.overlay_samples), reader, run_dir / "overlays"
+    )
     write_json_atomic(run_dir / "eval_val.json", results)
     return results
+
+
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spaced through ``items`` (so every category shows up)."""
+    if count <= 0 or not items:
+        return []
+    step = max(1, len(items) // count)
+    return items[::step][:count]
 
 
 def write_overlays(loaded, samples, reader, out_dir: Path) -> None:
