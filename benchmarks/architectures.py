@@ -2,13 +2,19 @@
 
 Trains each model with :func:`semseg.training.train` (configuration ``kitti_fcn8s`` at a reduced
 size, the same seed and so the same train/validation split, Adam at the same learning rate, the
-same number of seconds), then reports the run's full-resolution validation MaxF and road IoU
-(``eval_val.json``, group ``all``), the epochs that fitted in the budget, the parameters (of the
-real architecture at width 1, and of the trained one), and inference seconds per image of the width-1
-architecture (batch 1, 160 x 576, median of ``--repeats`` after one warm-up; the weights do not
-matter for timing, so these are untrained models).
+same number of seconds of CPU), then reports the run's full-resolution validation MaxF and road IoU
+(``eval_val.json``, group ``all``), the epochs that fitted in the budget, the parameters (of
+the real architecture at width 1, and of the trained one), and inference seconds per image of
+the width-1 architecture (batch 1, 160 x 576, median of ``--repeats`` after one warm-up; the
+weights do not matter for timing, so these are untrained models).
 
-    python3 benchmarks/architectures.py --budget-s 120            # KITTI, ~15 min on 2 cores
+The budget is CPU time of this process by default (``--budget-s`` seconds of ``--threads``
+threads, validation included, checked after every training step), not wall-clock time: on a
+shared machine other processes would otherwise decide how many steps each model gets. ``--wall``
+uses ``train.max_time_s`` (wall clock, as ``semseg train --max-time``) instead. Inference is
+timed the same way: CPU seconds of one forward pass with ``--threads`` threads.
+
+    python3 benchmarks/architectures.py --budget-s 120            # KITTI, ~15 min unloaded
     python3 benchmarks/architectures.py --quick                   # smoke test on synthetic data
     python3 benchmarks/architectures.py --models segnet fcn8s --budget-s 60 --out table.md
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +38,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
@@ -49,6 +57,7 @@ class Result:
     params_full: int
     params_trained: int
     infer_seconds: float | None
+    load: float | None = None  # mean 1-minute load average while it trained (shared machine)
     run_dir: str | None = None
 
 
@@ -61,21 +70,63 @@ def count_parameters(name: str, num_classes: int, width_mult: float) -> int:
 
 
 def inference_seconds(
-    name: str, height: int, width: int, repeats: int, width_mult: float = 1.0
+    name: str, height: int, width: int, repeats: int, width_mult: float = 1.0, clock=None
 ) -> float:
-    """Median seconds of one forward pass (batch 1, eval mode, no grad) after a warm-up."""
+    """Median seconds of one forward pass (batch 1, eval mode, no grad) after a warm-up, by
+    ``clock`` (default: this process's CPU time divided by the torch thread count)."""
     from semseg.models import build_model
 
+    clock = clock or cpu_clock
     model = build_model(name, 2, width_mult=width_mult).eval()
     image = torch.rand(1, 3, height, width)
     times = []
     with torch.inference_mode():
         model(image)
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             model(image)
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times)
+
+
+def cpu_clock() -> float:
+    """CPU seconds of this process per torch thread: wall seconds on an idle machine, and
+    unaffected by other processes competing for the cores."""
+    return time.process_time() / torch.get_num_threads()
+
+
+class CpuBudget(Callback):
+    """Stops training once the process has used ``seconds`` of :func:`cpu_clock` since the
+    start of fit (validation included; checked after each training step, as Lightning's Timer)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = cpu_clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if cpu_clock() - self.start >= self.seconds:
+            trainer.should_stop = True
+
+
+def train_with_cpu_budget(config, seconds: float) -> Path:
+    """:func:`semseg.training.train` with a :class:`CpuBudget` added to its trainer."""
+    from semseg import training
+
+    original = training.build_trainer
+
+    def build_trainer(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.callbacks.append(CpuBudget(seconds))
+        return trainer
+
+    training.build_trainer = build_trainer
+    try:
+        return training.train(config)
+    finally:
+        training.build_trainer = original
 
 
 def train_one(name: str, args: argparse.Namespace) -> Result:
@@ -99,15 +150,16 @@ def train_one(name: str, args: argparse.Namespace) -> Result:
     config.train.lr = args.lr
     config.train.batch_size = args.batch_size
     config.train.epochs = args.max_epochs
-    config.train.max_time_s = args.budget_s
+    config.train.max_time_s = args.budget_s if args.wall else None
     config.train.seed = args.seed
     config.train.out_dir = str(args.runs)
     config.train.name = f"arch-{name}"
     config.train.progress = False
     config.train.overlay_samples = 2
-    start = time.perf_counter()
-    run_dir = train(config)
+    start, load_before = time.perf_counter(), load_average()
+    run_dir = train(config) if args.wall else train_with_cpu_budget(config, args.budget_s)
     seconds = time.perf_counter() - start
+    load_after = load_average()
     scores = json.loads((run_dir / "eval_val.json").read_text())["groups"]["all"]
     return Result(
         model=name,
@@ -118,8 +170,17 @@ def train_one(name: str, args: argparse.Namespace) -> Result:
         params_full=count_parameters(name, 2, 1.0),
         params_trained=count_parameters(name, 2, args.width_mult),
         infer_seconds=None,
+        load=None if load_before is None else (load_before + load_after) / 2,
         run_dir=str(run_dir),
     )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other processes on a shared CPU skew wall-clock budgets)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def completed_epochs(metrics_csv: Path) -> int | None:
@@ -141,26 +202,26 @@ def params_m(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
 
 
-def format_table(results: Sequence[Result], infer_size: tuple[int, int]) -> str:
+def format_table(
+    results: Sequence[Result], infer_size: tuple[int, int], infer_width: float = 1.0
+) -> str:
     """The results as a markdown table, in the given order."""
     height, width = infer_size
     header = (
         "| model | val MaxF % | val IoU % | epochs | params (width 1) | params (trained) "
-        f"| s / image ({height}x{width}, width 1) |"
+        f"| s / image ({height}x{width}, width {infer_width:g}) | load |"
     )
-    lines = [header, "|" + "---|" * 7]
+    lines = [header, "|" + "---|" * 8]
     for r in results:
         lines.append(
             f"| {r.model} | {fmt(r.max_f, 2)} | {fmt(r.iou, 2)} | {fmt(r.epochs, 0)} "
             f"| {params_m(r.params_full)} | {params_m(r.params_trained)} "
-            f"| {fmt(r.infer_seconds, 2)} |"
+            f"| {fmt(r.infer_seconds, 2)} | {fmt(r.load, 1)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def describe_machine() -> str:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -179,7 +240,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="KITTI data_road folder")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="registered names")
-    parser.add_argument("--budget-s", type=float, default=120.0, help="training seconds each")
+    parser.add_argument(
+        "--budget-s", type=float, default=120.0, help="training seconds each (CPU, see --wall)"
+    )
+    parser.add_argument(
+        "--wall", action="store_true", help="budget in wall-clock seconds (train.max_time_s)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--width-mult", type=float, default=0.25, help="channel multiplier")
@@ -210,28 +277,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     infer_size = (args.infer_size[0], args.infer_size[1])
     command = "python3 benchmarks/architectures.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    infer_width = args.width_mult if args.quick else 1.0
     results = []
     for name in args.models:
         print(f"== {name}: training for {args.budget_s:.0f} s", flush=True)
         result = train_one(name, args)
-        infer_width = 1.0 if not args.quick else args.width_mult
-        result.infer_seconds = inference_seconds(name, *infer_size, args.repeats, infer_width)
+        clock = time.perf_counter if args.wall else cpu_clock
+        result.infer_seconds = inference_seconds(
+            name, *infer_size, args.repeats, infer_width, clock=clock
+        )
         print(
             f"   MaxF {fmt(result.max_f, 2)}  IoU {fmt(result.iou, 2)}  epochs {result.epochs}"
             f"  infer {result.infer_seconds:.2f} s  ({result.run_dir})",
             flush=True,
         )
         results.append(result)
-    table = format_table(results, infer_size)
+    table = format_table(results, infer_size, infer_width)
     footer = (
         f"\n`{command.strip()}` on {date.today().isoformat()}; {describe_machine()}. "
         f"Training: {args.height}x{args.width}, width {args.width_mult}, batch {args.batch_size}, "
-        f"Adam lr {args.lr}, keep prob {args.keep_prob}, {args.budget_s:.0f} s per model, "
-        f"seed {args.seed}, from scratch.\n"
+        f"Adam lr {args.lr}, keep prob {args.keep_prob}, seed {args.seed}, from scratch, "
+        f"{args.budget_s:.0f} s per model "
+        + ("(wall clock). " if args.wall else f"(CPU time of {args.threads} thread(s)). ")
+        + "Inference: "
+        + ("wall" if args.wall else "CPU")
+        + " seconds per image at batch 1, median. load: mean 1-minute load average while the "
+        "model trained.\n"
     )
     print()
     print(table + footer)

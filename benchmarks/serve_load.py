@@ -11,12 +11,14 @@ micro-batches), probabilities within one 8-bit level. The run is bounded by ``--
 
     python3 benchmarks/serve_load.py                    # 200 requests, 8 clients, 375x1242
     python3 benchmarks/serve_load.py --quick            # 40 requests, 4 clients, small images
+    python3 benchmarks/serve_load.py --model reference  # the full-size FCN-8s/VGG16
     python3 benchmarks/serve_load.py --checkpoint runs/RUN/checkpoints/best.ckpt
     python3 benchmarks/serve_load.py --url http://127.0.0.1:8000 --checkpoint CKPT
 
-Without ``--url`` it starts ``semseg serve`` in a subprocess on a free port (without
-``--checkpoint``, on a tiny untrained FCN-8s with random class-score weights, so that the masks
-are not trivial; that measures the service more than the network).
+Without ``--url`` it starts ``semseg serve`` in a subprocess on a free port. Without
+``--checkpoint`` it serves an untrained FCN-8s with random class-score weights (so that the masks
+are not trivial): ``--model tiny`` (default; width 1/8, input 32x96: this measures the service
+more than the network) or ``--model reference`` (full VGG16 at 160x576, a 537 MB checkpoint).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Sample:
     image: np.ndarray
     labels: np.ndarray | None = None
     levels: np.ndarray | None = None
+    overlay: np.ndarray | None = None
 
 
 @dataclass
@@ -92,19 +95,22 @@ class LoadReport:
         }
 
 
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """An untrained FCN-8s (width 1/8, input 32x96) whose class scores are not all zero."""
+def untrained_checkpoint(path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """An untrained FCN-8s whose class scores are not all zero: ``tiny`` (width 1/8, input
+    32x96) or ``reference`` (full-width VGG16, input 160x576, as configs/kitti_fcn8s.yaml)."""
     import torch
 
     from semseg.tasks.segmentation import SegmentationTask
 
     torch.manual_seed(seed)
-    task = SegmentationTask(model_name="fcn8s", num_classes=2,
-                            model_options={"width_mult": 0.125, "keep_prob": 1.0},
-                            input_size=[32, 96])
+    tiny = size == "tiny"
+    options = {"width_mult": 0.125, "keep_prob": 1.0} if tiny else {"keep_prob": 1.0}
+    task = SegmentationTask(model_name="fcn8s", num_classes=2, model_options=options,
+                            input_size=[32, 96] if tiny else [160, 576],
+                            class_names=["not road", "road"])
     with torch.no_grad():
         for name in ("score_fr", "score_pool4", "score_pool3"):
-            getattr(task.model, name).weight.normal_(0.0, 0.5)
+            getattr(task.model, name).weight.normal_(0.0, 0.5 if tiny else 0.01)
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
     return path
 
@@ -127,6 +133,7 @@ def add_references(samples: list[Sample], checkpoint: Path) -> tuple[int, int]:
     """The model's own labels and road levels per sample; returns (positive class, classes)."""
     from semseg.inference.checkpoint import load_model
     from semseg.inference.predictor import Predictor, confidence_levels
+    from semseg.inference.visualize import overlay
 
     loaded = load_model(checkpoint)
     predictor = Predictor(loaded, batch_size=1)
@@ -134,25 +141,41 @@ def add_references(samples: list[Sample], checkpoint: Path) -> tuple[int, int]:
         (probability,) = predictor.predict_batch([sample.image])
         sample.labels = probability.argmax(axis=0).astype(np.uint8)
         sample.levels = confidence_levels(probability[loaded.positive_class])
+        sample.overlay = overlay(sample.image, sample.labels == loaded.positive_class)
     return loaded.positive_class, loaded.num_classes
 
 
-def check_answer(
-    response: httpx.Response, fmt: str, sample: Sample, positive: int, num_classes: int
-) -> str | None:
-    """None when the answer is right, else what is wrong."""
-    from semseg.inference.visualize import overlay
+def undecided(sample: Sample, num_classes: int, tolerance: int) -> np.ndarray:
+    """Pixels whose label may legitimately differ from the reference: with two classes, those
+    whose reference road level is within ``tolerance`` (+1 for rounding) of the 0.5 tie."""
+    assert sample.levels is not None
+    if num_classes != 2:
+        return np.zeros(sample.levels.shape, dtype=bool)
+    return np.abs(2 * sample.levels.astype(np.int16) - 255) <= 2 * (tolerance + 1)
 
+
+def check_answer(
+    response: httpx.Response,
+    fmt: str,
+    sample: Sample,
+    positive: int,
+    num_classes: int,
+    tolerance: int = 1,
+) -> str | None:
+    """None when the answer is right, else what is wrong. ``tolerance``: how many 8-bit levels
+    the road probability may differ from the fp32 reference (1: rounding; more for bf16)."""
     if response.status_code != 200:
         return f"status {response.status_code}: {response.text[:200]}"
-    assert sample.labels is not None and sample.levels is not None
+    assert sample.labels is not None and sample.levels is not None and sample.overlay is not None
     height, width = sample.labels.shape
+    loose = undecided(sample, num_classes, tolerance)
+    loose_share = float(loose.mean()) if num_classes == 2 else 0.005
     reference_fraction = float((sample.labels == positive).mean())
     if fmt == "json":
         body = response.json()
         if (body["width"], body["height"]) != (width, height):
             return f"json size {body['width']}x{body['height']}, expected {width}x{height}"
-        if abs(body["road_fraction"] - reference_fraction) > 0.005:
+        if abs(body["road_fraction"] - reference_fraction) > loose_share + 1e-9:
             return f"road fraction {body['road_fraction']:.4f} vs {reference_fraction:.4f}"
         if sum(area["pixels"] for area in body["classes"].values()) != width * height:
             return "class areas do not add up to the image"
@@ -166,16 +189,20 @@ def check_answer(
     if fmt == "prob":
         if picture.mode != "L":
             return f"prob PNG mode {picture.mode}"
-        worst = int(np.abs(array.astype(int) - sample.levels.astype(int)).max())
-        return None if worst <= 1 else f"prob differs by {worst} levels"
+        worst = int(np.abs(array.astype(np.int16) - sample.levels.astype(np.int16)).max())
+        return None if worst <= tolerance else f"prob differs by {worst} levels"
     if fmt == "label":
         if int(array.max()) >= num_classes:
             return f"label value {int(array.max())} out of range"
-        agreement = float((array == sample.labels).mean())
-        return None if agreement >= 0.995 else f"labels agree on {agreement:.2%} only"
-    expected = overlay(sample.image, sample.labels == positive)
-    differing = float((np.abs(array.astype(int) - expected.astype(int)).max(axis=2) > 1).mean())
-    return None if differing <= 0.005 else f"overlay differs on {differing:.2%} of pixels"
+        wrong = float(((array != sample.labels) & ~loose).mean())
+        return None if wrong <= (0 if num_classes == 2 else 0.005) else (
+            f"labels differ on {wrong:.3%} of the pixels that are not near a tie"
+        )
+    differing = np.abs(array.astype(np.int16) - sample.overlay.astype(np.int16)).max(axis=2) > 1
+    wrong = float((differing & ~loose).mean())
+    return None if wrong <= (0 if num_classes == 2 else 0.005) else (
+        f"overlay differs on {wrong:.3%} of the pixels that are not near a tie"
+    )
 
 
 def run_load(
@@ -186,6 +213,7 @@ def run_load(
     requests: int,
     clients: int,
     max_seconds: float,
+    tolerance: int = 1,
 ) -> LoadReport:
     """``requests`` requests from ``clients`` threads; stops early at ``max_seconds``."""
     url = url.rstrip("/")
@@ -225,7 +253,8 @@ def run_load(
                             files={"file": (f"scene{index}.png", sample.png, "image/png")},
                         )
                     elapsed = (time.perf_counter() - started) * 1000.0
-                    problem = check_answer(response, fmt, sample, positive, num_classes)
+                    problem = check_answer(response, fmt, sample, positive, num_classes,
+                                           tolerance)
                 except Exception as error:  # a dropped connection is a failure to report
                     elapsed = (time.perf_counter() - started) * 1000.0
                     problem = f"{type(error).__name__}: {error}"
@@ -304,7 +333,9 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="An already running server (needs --checkpoint).")
-    parser.add_argument("--checkpoint", type=Path, help="Default: a tiny untrained FCN-8s.")
+    parser.add_argument("--checkpoint", type=Path, help="Default: an untrained FCN-8s.")
+    parser.add_argument("--model", choices=("tiny", "reference"), default="tiny",
+                        help="Without --checkpoint: width 1/8 at 32x96, or VGG16 at 160x576.")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--height", type=int, default=375)
@@ -312,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="Distinct test images.")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--batch-size", type=int, help="Passed to semseg serve.")
+    parser.add_argument("--backend", default="torch",
+                        help="Passed to semseg serve (default torch: fp32 eager, the reference).")
     parser.add_argument("--quick", action="store_true",
                         help="40 requests, 4 clients, 120x400 images, 60 s at most.")
     parser.add_argument("--json", type=Path, help="Write the summary here.")
@@ -323,24 +356,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--url needs --checkpoint (the answers are checked against it)")
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:
-        checkpoint = args.checkpoint or tiny_checkpoint(Path(scratch) / "tiny.ckpt")
+        checkpoint = args.checkpoint or untrained_checkpoint(
+            Path(scratch) / f"{args.model}.ckpt", args.model
+        )
         samples = make_samples(args.images, args.height, args.width)
         positive, num_classes = add_references(samples, checkpoint)
         process = None
         url = args.url
         if url is None:
-            extra = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+            extra = ["--backend", args.backend]
+            if args.batch_size is not None:
+                extra += ["--batch-size", str(args.batch_size)]
             process, url = start_server(checkpoint, extra, Path(scratch) / "server.log")
         try:
+            info = httpx.get(f"{url}/v1/model", timeout=10).json()
+            detail = str(info.get("backend_detail", info.get("backend", "")))
+            # bf16 is accepted by --backend auto within 0.02 of fp32 (about 5 levels).
+            tolerance = 6 if "bf16" in detail else 1
             report = run_load(url, samples, positive, num_classes, args.requests, args.clients,
-                              args.max_seconds)
+                              args.max_seconds, tolerance)
         finally:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
     summary = {
         "machine": machine(),
-        "command": "python3 benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
+        "backend": detail,
+        "command": " ".join(["python3 benchmarks/serve_load.py", *(argv or sys.argv[1:])]),
         "images": f"{args.images} synthetic scenes, {args.height}x{args.width} and 3/4 of that",
         **report.summary(),
     }

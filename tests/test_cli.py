@@ -38,10 +38,10 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("semseg: error:"), lines[0]
+    errors = [line for line in lines if line.startswith("semseg: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # one line, and last
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in errors[0], errors[0]
 
 
 def test_train_writes_the_whole_run(tmp_path: Path):

@@ -44,9 +44,7 @@ def semseg_cli(*args: str) -> subprocess.CompletedProcess:
     executable = shutil.which("semseg")
     assert executable, "the semseg console script is installed with the package"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [executable, *args], capture_output=True, text=True, timeout=120, env=env
-    )
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -83,8 +81,14 @@ class TrainCalls:
         self.real = semseg.training.train
 
     def __call__(self, config, resume=None, overwrite=False, run_dir=None):
-        self.calls.append({"resume": resume, "overwrite": overwrite, "run_dir": run_dir,
-                           "keep_prob": config.model.keep_prob})
+        self.calls.append(
+            {
+                "resume": resume,
+                "overwrite": overwrite,
+                "run_dir": run_dir,
+                "keep_prob": config.model.keep_prob,
+            }
+        )
         if len(self.calls) == self.interrupt_at:
             raise KeyboardInterrupt  # as if the sweep were killed while this run started
         return self.real(config, resume=resume, overwrite=overwrite, run_dir=run_dir)
@@ -105,15 +109,21 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_grid_is_the_cartesian_product_of_value_lists():
     overrides, grid = parse_sets(
-        ["model.keep_prob=0.1,0.5", "train.lr=1e-4,1e-5", "train.epochs=3",
-         "data.synthetic_size=[60,200]", "data.categories=um,umm"]
+        [
+            "model.keep_prob=0.1,0.5",
+            "train.lr=1e-4,1e-5",
+            "train.epochs=3",
+            "data.synthetic_size=[60,200]",
+            "data.categories=um,umm",
+        ]
     )
-    assert overrides == ["train.epochs=3", "data.synthetic_size=[60,200]",
-                         "data.categories=um,umm"]
+    assert overrides == ["train.epochs=3", "data.synthetic_size=[60,200]", "data.categories=um,umm"]
     settings = expand_grid(grid)
     assert [s.name for s in settings] == [
-        "keep_prob=0.1,lr=1e-4", "keep_prob=0.1,lr=1e-5",
-        "keep_prob=0.5,lr=1e-4", "keep_prob=0.5,lr=1e-5",
+        "keep_prob=0.1,lr=1e-4",
+        "keep_prob=0.1,lr=1e-5",
+        "keep_prob=0.5,lr=1e-4",
+        "keep_prob=0.5,lr=1e-5",
     ]
     assert settings[1].values == {"model.keep_prob": 0.1, "train.lr": 1e-5}
     assert settings[1].folder == settings[1].name
@@ -174,7 +184,8 @@ def test_sweep_ranks_settings_by_validation_maxf(sweep_dir: Path):
     with Image.open(sweep_dir / "grid.png") as grid, Image.open(sweep_dir / "curves.png") as c:
         assert grid.size != c.size
     assert sorted(p.name for p in (sweep_dir / "logs").iterdir()) == [
-        "keep_prob=0.5.log", "keep_prob=1.0.log"
+        "keep_prob=0.5.log",
+        "keep_prob=1.0.log",
     ]
 
 
@@ -186,33 +197,34 @@ def test_rerun_of_a_finished_sweep_trains_nothing(sweep_dir: Path, monkeypatch):
     assert outcome.status == {"keep_prob=0.5": "skipped", "keep_prob=1.0": "skipped"}
 
 
-def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path, monkeypatch):
+def test_interrupted_sweep_resumes_without_retraining(sweep_dir: Path, tmp_path: Path, monkeypatch):
+    # What a sweep killed after its first run leaves behind: sweep.json and one finished run.
     out = tmp_path / "sweep"
-    sets = [*TINY, "train.epochs=1", GRID]
-    killed = TrainCalls(interrupt_at=2)
-    monkeypatch.setattr(semseg.training, "train", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(plan_sweep("demo", sets, out=out))
+    out.mkdir()
+    shutil.copy(sweep_dir / "sweep.json", out / "sweep.json")
+    shutil.copytree(sweep_dir / "keep_prob=0.5", out / "keep_prob=0.5")
     first, second = out / "keep_prob=0.5", out / "keep_prob=1.0"
-    assert is_finished(first) and not is_finished(second)
-    assert not (out / "results.csv").exists()
     best_ckpt = first / "checkpoints" / "best.ckpt"
     stamp = best_ckpt.stat().st_mtime_ns
 
+    killed = TrainCalls(interrupt_at=1)  # killed again as the second run starts
+    monkeypatch.setattr(semseg.training, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan_sweep("demo", [*TINY, GRID], out=out))
+    assert [call["keep_prob"] for call in killed.calls] == [1.0]
+    assert not (out / "results.csv").exists()
+
     resumed = TrainCalls()
     monkeypatch.setattr(semseg.training, "train", resumed)
-    outcome = run_sweep(load_sweep(out))  # semseg sweep --resume DIR
+    outcome = run_sweep(plan_sweep("demo", [*TINY, GRID], out=out))  # same command, same --out
     assert [call["keep_prob"] for call in resumed.calls] == [1.0]
     assert outcome.status == {"keep_prob=0.5": "skipped", "keep_prob=1.0": "trained"}
     assert best_ckpt.stat().st_mtime_ns == stamp
-    assert len(read_rows(out / "results.csv")) == 2
-
-    again = TrainCalls()
-    monkeypatch.setattr(semseg.training, "train", again)
-    run_sweep(plan_sweep("demo", sets, out=out))  # the same command, same --out
-    assert again.calls == []
+    assert is_finished(second)
+    rows = read_rows(out / "results.csv")
+    assert [row["setting"] for row in rows] == ["keep_prob=0.5", "keep_prob=1.0"]
     with pytest.raises(SemsegError, match="different sweep"):
-        plan_sweep("demo", [*sets, "train.lr=1e-3,1e-4"], out=out)
+        plan_sweep("demo", [*TINY, GRID, "train.lr=1e-3,1e-4"], out=out)
 
 
 def test_half_finished_runs_are_rerun(sweep_dir: Path, tmp_path: Path, monkeypatch):
@@ -266,8 +278,9 @@ def test_compare_refuses_unfinished_runs(sweep_dir: Path, tmp_path: Path):
 
 def test_cli_bad_set_is_a_one_line_error(tmp_path: Path):
     out = str(tmp_path / "s")
-    result = semseg_cli("sweep", "--config", "demo", "--set", "model.keep_prob=0.5,abc",
-                        "--out", out)
+    result = semseg_cli(
+        "sweep", "--config", "demo", "--set", "model.keep_prob=0.5,abc", "--out", out
+    )
     assert_one_line_error(result, "model.keep_prob", "abc")
     result = semseg_cli("sweep", "--config", "demo", "--set", "model.dropout=0.5,1", "--out", out)
     assert_one_line_error(result, "unknown field", "model.dropout")

@@ -1,5 +1,5 @@
-"""The ``semseg`` command line: train, evaluate, predict, kitti-submission, bev, sweep, compare,
-demo, serve, models."""
+"""The ``semseg`` command line: train, evaluate, predict, export, kitti-submission, bev, sweep,
+compare, demo, serve, models."""
 
 from __future__ import annotations
 
@@ -99,7 +99,13 @@ def train(
     pretrained: Annotated[
         bool | None, typer.Option("--pretrained", help="ImageNet weights.")
     ] = None,
-    backbone_weights: Annotated[str | None, typer.Option(help="Local VGG16 state dict.")] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="FCN encoder: vgg16, vgg16_bn, resnet18/34/50, mobilenet_v3_large."),
+    ] = None,
+    backbone_weights: Annotated[
+        str | None, typer.Option(help="Local torchvision state dict of the backbone.")
+    ] = None,
     skip_bad: Annotated[
         bool | None, typer.Option("--skip-bad", help="Skip unreadable samples.")
     ] = None,
@@ -132,6 +138,7 @@ def train(
         "train.strategy": strategy,
         "train.max_time_s": max_time,
         "model.pretrained": pretrained,
+        "model.backbone": backbone,
         "model.backbone_weights": backbone_weights,
         "data.skip_bad": skip_bad,
     }
@@ -219,6 +226,75 @@ def crf_settings(enabled: bool, iters, pos_sxy, pos_w, bi_sxy, bi_srgb, bi_w):
     )
 
 
+# Inference backends (semseg predict / evaluate): see semseg.inference.backends.
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto: the fastest path that holds parity with fp32 eager (calibrated once per "
+        "machine and checkpoint); torch; onnxruntime (a .onnx file, or a checkpoint exported "
+        "once to the cache)."
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(help="32 or bf16 (torch). auto tries both where the CPU has bf16; torch: 32."),
+]
+ChannelsLastOpt = Annotated[
+    bool | None,
+    typer.Option("--channels-last/--no-channels-last", help="NHWC layout (torch)."),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile (inductor; tens of seconds per input shape)."),
+]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="onnxruntime threads [torch's].")]
+RecalibrateOpt = Annotated[
+    bool, typer.Option("--recalibrate", help="auto: calibrate again, ignore the cached choice.")
+]
+
+
+def load_any_model(path: Path):
+    """A checkpoint, or a semseg ONNX export (.onnx: runs with onnxruntime)."""
+    if path.suffix.lower() == ".onnx":
+        from semseg.inference.onnx_export import load_onnx_model
+
+        return load_onnx_model(path)
+    from semseg.inference.checkpoint import load_model
+
+    return load_model(path)
+
+
+def choose_backend(loaded, backend, precision, channels_last, compile_, threads, recalibrate,
+                   image=None):
+    """The backend the flags ask for; says which on one stderr line."""
+    from semseg.inference.backends import select_backend
+
+    def announce(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    engine, choice = select_backend(
+        loaded,
+        backend,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        threads=threads,
+        image=image,
+        recalibrate=recalibrate,
+        announce=announce,
+    )
+    announce(choice.line(engine))
+    return engine
+
+
+def first_readable(reader, samples):
+    """The first sample's image, for --backend auto's calibration (None if it cannot be read)."""
+    try:
+        return reader(samples[0])[0] if samples else None
+    except Exception:
+        return None
+
+
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
@@ -244,8 +320,16 @@ def evaluate(
     crf_bi_sxy: CrfBiSxy = None,
     crf_bi_srgb: CrfBiSrgb = None,
     crf_bi_w: CrfBiW = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = False,
+    threads: ThreadsOpt = None,
+    recalibrate: RecalibrateOpt = False,
 ) -> None:
-    """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution."""
+    """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution.
+
+    The model runs in plain fp32 eager torch unless --backend / --precision say otherwise."""
     from semseg.data.datamodule import make_reader
     from semseg.evaluation import (
         data_config_for,
@@ -274,6 +358,10 @@ def evaluate(
     if data_config.kind == "kitti" and loaded.num_classes != 2:
         raise SemsegError(f"{checkpoint} predicts {loaded.num_classes} classes; KITTI road has 2")
     reader = make_reader(data_config, loaded.num_classes)
+    engine = choose_backend(
+        loaded, backend, precision, channels_last, compile_, threads, recalibrate,
+        image=first_readable(reader, samples) if backend == "auto" else None,
+    )
     with progress_bar() as bar:
         task = bar.add_task("evaluating", total=len(samples))
         results = evaluate_samples(
@@ -286,6 +374,7 @@ def evaluate(
             warn=lambda message: err_console.print(f"warning: {message}"),
             crf=crf_params,
             skip_bad=skip_bad,
+            backend=engine,
         )
     results["split"] = split
     suffix = "" if space == "perspective" else f"_{space}"
@@ -298,7 +387,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A semseg checkpoint (.ckpt) or its ONNX export (.onnx).")
+    ],
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
@@ -310,16 +401,26 @@ def predict(
     crf_bi_sxy: CrfBiSxy = None,
     crf_bi_srgb: CrfBiSrgb = None,
     crf_bi_w: CrfBiW = None,
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = False,
+    threads: ThreadsOpt = None,
+    recalibrate: RecalibrateOpt = False,
 ) -> None:
     """Overlays, devkit-named road probabilities and label masks for images."""
-    from semseg.inference.checkpoint import load_model
+    from semseg.io import read_rgb
     from semseg.prediction import collect_inputs, predict_files, readable_inputs
 
     crf_params = crf_settings(
         crf, crf_iters, crf_pos_sxy, crf_pos_w, crf_bi_sxy, crf_bi_srgb, crf_bi_w
     )
-    loaded = load_model(checkpoint)
+    loaded = load_any_model(checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
+    engine = choose_backend(
+        loaded, backend, precision, channels_last, compile_, threads, recalibrate,
+        image=read_rgb(paths[0]) if backend == "auto" else None,
+    )
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))
         count = predict_files(
@@ -329,8 +430,35 @@ def predict(
             batch_size,
             on_progress=lambda n: bar.advance(task, n),
             crf=crf_params,
+            backend=engine,
         )
     console.print(f"wrote {count} overlays, probabilities and labels to {out}")
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="Output file [CHECKPOINT.onnx].")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset [17].")] = None,
+) -> None:
+    """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; verified)."""
+    from semseg.inference.checkpoint import load_model
+    from semseg.inference.onnx_export import DEFAULT_OPSET, FORMATS, check_opset, export_onnx
+
+    if format_ not in FORMATS:
+        raise SemsegError(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
+    loaded = load_model(checkpoint)
+    out = out or checkpoint.with_suffix(".onnx")
+    verification = export_onnx(loaded, out, opset=opset)
+    size_mb = out.stat().st_size / 1e6
+    console.print(
+        f"exported {checkpoint} to {out} (ONNX opset {opset}, {size_mb:.1f} MB; "
+        "dynamic batch, height and width)"
+    )
+    if verification is not None:
+        console.print(f"verified: {verification.summary()}")
 
 
 @app.command("kitti-submission")
@@ -502,7 +630,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
     backend: Annotated[
-        str, typer.Option(help="auto or torch (onnxruntime where semseg.inference offers it).")
+        str,
+        typer.Option(help="auto (fastest that matches fp32, timed once and cached), torch, "
+                     "or onnxruntime where semseg.inference offers it."),
     ] = "auto",
     max_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")

@@ -62,13 +62,23 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
+    # The recipe (defaults: the reference exercise, Adam at a constant lr, plain CE, no clipping).
+    optimizer: str = "adam"  # adam | adamw (decoupled decay, none on biases and norms) | sgd
+    schedule: str = "constant"  # constant | cosine | poly (over epochs, or max_time_s if sooner)
+    warmup_epochs: float = 0.0  # linear lr warm-up from lr/steps to lr over this many epochs
+    min_lr_factor: float = 0.0  # cosine/poly decay to lr * this
+    loss: str = "ce"  # ce | ce_dice | ce_lovasz (cross-entropy plus soft Dice or Lovasz-softmax)
+    loss_weight: float = 1.0  # weight of the Dice / Lovasz term
+    grad_clip: float | None = None  # clip the gradient norm to this (Trainer gradient_clip_val)
     seed: int = 0
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    channels_last: bool | None = None  # NHWC weights; null: on for bf16-mixed on the CPU
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
     num_nodes: int = 1
     strategy: str = "auto"
     max_time_s: float | None = None  # stop after this many seconds of training
+    clock: str = "wall"  # max_time_s in wall seconds, or "cpu": process CPU seconds / threads
     val_every: int = 1  # validate every N epochs
     overlay_samples: int = 4
     name: str = "run"
@@ -226,6 +236,18 @@ def validate(config: Config) -> Config:
         raise SemsegError("train.epochs and train.batch_size must be at least 1")
     if train.lr <= 0:
         raise SemsegError(f"train.lr must be positive, got {train.lr}")
+    if train.optimizer not in ("adam", "adamw", "sgd"):
+        raise SemsegError(f"train.optimizer must be adam, adamw or sgd, got {train.optimizer!r}")
+    if train.schedule not in ("constant", "cosine", "poly"):
+        raise SemsegError(f"train.schedule must be constant, cosine or poly: {train.schedule!r}")
+    if train.warmup_epochs < 0 or not 0.0 <= train.min_lr_factor <= 1.0:
+        raise SemsegError("train.warmup_epochs must be >= 0 and train.min_lr_factor in [0, 1]")
+    if train.loss not in ("ce", "ce_dice", "ce_lovasz") or train.loss_weight < 0:
+        raise SemsegError(f"train.loss must be ce, ce_dice or ce_lovasz, got {train.loss!r}")
+    if train.clock not in ("wall", "cpu"):
+        raise SemsegError(f"train.clock must be wall or cpu, got {train.clock!r}")
+    if train.grad_clip is not None and train.grad_clip <= 0:
+        raise SemsegError(f"train.grad_clip must be positive (or null), got {train.grad_clip}")
     if train.precision not in ("32", "bf16-mixed", "16-mixed", "64"):
         raise SemsegError(f"train.precision must be 32, bf16-mixed or 16-mixed: {train.precision}")
     return config

@@ -30,6 +30,7 @@ from semseg.data.folder import index_folder
 from semseg.data.kitti import index_split, read_split
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
+from semseg.inference.backends import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor
@@ -145,8 +146,11 @@ def evaluate_samples(
     warn: Callable[[str], None] | None = None,
     crf: CRFParams | None = None,
     skip_bad: bool = False,
+    backend: str | InferenceBackend | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
+
+    ``backend``: what runs the model (:mod:`semseg.inference.backends`; default fp32 torch).
 
     ``crf``: refine each image's probabilities with the fully connected CRF before scoring
     (:mod:`semseg.inference.crf`); its settings are recorded under ``"crf"`` in the results.
@@ -174,7 +178,7 @@ def evaluate_samples(
         skipped = len(samples) - len(with_calib)
         if skipped and warn is not None:
             warn(bev_skip_message(skipped, len(samples)))
-    predictor = Predictor(loaded, batch_size=batch_size, crf=crf)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
     positive = loaded.positive_class
     scores = {name: SpaceScores(loaded.num_classes, positive) for name in spaces}
     lookups = LookupCache()

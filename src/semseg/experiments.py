@@ -72,7 +72,7 @@ RANK_ALIASES = {
     "loss": "train_loss",
 }
 # Config fields that are bookkeeping, not settings: never shown as a difference between runs.
-BOOKKEEPING_FIELDS = {"train.name", "train.out_dir", "train.progress"}
+BOOKKEEPING_FIELDS = {"train.name", "train.out_dir", "train.run_dir", "train.progress"}
 RESULT_COLUMNS = ("train_loss", "val_loss", "max_f", "ap", "iou", "epochs", "wall_s")
 
 Event = Callable[[str], None]
@@ -230,6 +230,7 @@ class SweepPlan:
         for dotted, value in setting.values.items():
             set_field(config, dotted, value, source=setting.name)
         config.train.out_dir = str(self.sweep_dir)
+        config.train.run_dir = str(self.run_dir(setting))
         return config
 
     def manifest(self) -> dict[str, Any]:
@@ -805,15 +806,16 @@ def grid_names(runs: Sequence[RunData], count: int) -> list[str]:
     return (common or first)[:count]
 
 
-def predict_road(run_dir: Path, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Road masks predicted by the run's best checkpoint (full image resolution)."""
+def predict_road(run_dir: Path, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Road masks predicted by the run's best checkpoint (full resolution), its road class."""
     from semseg.inference.checkpoint import load_model
     from semseg.inference.predictor import Predictor
     from semseg.training import best_checkpoint
 
     loaded = load_model(best_checkpoint(run_dir))
     predictor = Predictor(loaded)
-    return [p.argmax(axis=0) == loaded.positive_class for p in predictor.predict(list(images))]
+    positive = loaded.positive_class
+    return [p.argmax(axis=0) == positive for p in predictor.predict(list(images))], positive
 
 
 def plot_prediction_grid(results: Sequence[RunResult], path: Path, count: int) -> list[str]:
@@ -836,11 +838,11 @@ def plot_prediction_grid(results: Sequence[RunResult], path: Path, count: int) -
             warnings.append(f"grid: images of {r.run_dir} not found; its cells are blank")
         if data.reader is not None and present:
             pairs = [data.reader(data.samples[names[i]]) for i in present]
-            roads = predict_road(r.run_dir, [image for image, _ in pairs])
+            roads, positive = predict_road(r.run_dir, [image for image, _ in pairs])
             for i, (image, mask), road in zip(present, pairs, roads, strict=True):
                 cells[i] = overlay(image, road)
                 if truth[i] is None:
-                    truth[i] = overlay(image, mask == 1)
+                    truth[i] = overlay(image, mask == positive)
         score = f"MaxF {r.max_f:.1f}" if r.max_f is not None else "MaxF n/a"
         header = f"{'* ' if r.best else ''}{r.label}\n{score}"
         columns.append((header, cells))

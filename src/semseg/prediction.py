@@ -16,6 +16,7 @@ import numpy as np
 
 from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
+from semseg.inference.backends import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor, confidence_levels
@@ -72,12 +73,14 @@ def predict_files(
     batch_size: int = 4,
     on_progress: Callable[[int], None] | None = None,
     crf: CRFParams | None = None,
+    backend: str | InferenceBackend | None = None,
 ) -> int:
     """Write the three outputs for each path; returns the number of images written.
 
     ``crf``: refine the probabilities with the fully connected CRF first (``--crf``).
+    ``backend``: what runs the model (:mod:`semseg.inference.backends`; default fp32 torch).
     """
-    predictor = Predictor(loaded, batch_size=batch_size, crf=crf)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
     written = 0
     for start in range(0, len(paths), predictor.batch_size):
         chunk = paths[start : start + predictor.batch_size]

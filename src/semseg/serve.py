@@ -18,11 +18,13 @@ Every error is a 4xx (or 503 when busy) with a JSON body ``{"error": "..."}``: 4
 over ``max_bytes`` or an image side over ``max_side``, 415 for a content type that is not an
 image, 400 for an empty body or an image that cannot be decoded, 422 for a multipart upload
 without a ``file`` part or a bad query parameter, 503 (with ``Retry-After``) when ``max_queue``
-requests are already in flight.
+requests are already in flight. A fault of the server's own (out of memory, a bug) is a JSON 500.
 
-Requests are admitted up to ``max_queue`` at a time; admitted images wait in one queue that a
-single inference worker (one thread) drains in micro-batches of at most ``batch_size`` images and
-``batch_pixels`` pixels, so memory stays bounded however many clients connect.
+Requests are admitted up to ``max_queue`` at a time (each body at most ``max_bytes``); a request
+whose image header passes the checks waits, still encoded, in one queue that a single inference
+worker (one thread) drains in micro-batches of at most ``batch_size`` images and ``batch_pixels``
+pixels, decoding them as it goes; at most two answers are encoded at once. Memory therefore stays
+bounded however many clients connect.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ import hashlib
 import importlib.util
 import inspect
 import io
+import logging
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,6 +76,7 @@ if importlib.util.find_spec("python_multipart") is None and (
         "pip install 'semseg[serve]'"
     )
 
+LOG = logging.getLogger("semseg.serve")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_SIDE = 8192
 DEFAULT_MAX_QUEUE = 16
@@ -168,6 +173,7 @@ class ModelInfo(BaseModel):
     positive_class_name: str
     input_size: InputSize
     backend: str
+    backend_detail: str
     checkpoint: CheckpointInfo
     formats: list[str]
     limits: Limits
@@ -191,22 +197,27 @@ def predictor_takes_backend() -> bool:
 
 
 def offered_backends() -> tuple[str, ...]:
-    """The backends ``semseg.inference`` offers now: torch, plus any its Predictor can select."""
+    """The backends ``semseg.inference`` offers now: torch, plus any its Predictor can select
+    (named by ``BACKEND_NAMES`` / ``BACKENDS`` / ``available_backends()`` where it says)."""
     if not predictor_takes_backend():
         return ("torch",)
-    import semseg.inference.predictor as predictor_module
-
-    for attribute in ("available_backends", "BACKENDS"):
-        offered = getattr(predictor_module, attribute, None)
-        if callable(offered):
-            offered = offered()
-        if offered:
-            return tuple(dict.fromkeys(["torch", *(str(name) for name in offered)]))
+    for module_name in ("semseg.inference.predictor", "semseg.inference.backends"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attribute in ("available_backends", "BACKEND_NAMES", "BACKENDS"):
+            offered = getattr(module, attribute, None)
+            if callable(offered):
+                offered = offered()
+            if offered:
+                return tuple(dict.fromkeys(["torch", *(str(name) for name in offered)]))
     return ("torch", "onnxruntime")
 
 
 def resolve_backend(name: str) -> str:
-    """``auto`` -> the predictor's own choice where it makes one, else torch; check the rest."""
+    """``auto`` -> the predictor's own choice where it makes one (semseg.inference times the
+    candidates once per machine and checkpoint), else torch; the others if offered."""
     name = name.strip().lower()
     if name not in BACKEND_CHOICES:
         raise SemsegError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {name!r}")
@@ -221,8 +232,11 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def make_predictor(loaded: LoadedModel, backend: str, batch_size: int) -> tuple[Predictor, str]:
-    """The predictor for ``backend`` (already resolved) and the backend it actually runs."""
+def make_predictor(
+    loaded: LoadedModel, backend: str, batch_size: int
+) -> tuple[Predictor, str, str]:
+    """The predictor for ``backend`` (already resolved), the backend family it actually runs
+    (torch, onnxruntime) and its description (precision, layout, threads)."""
     try:
         if predictor_takes_backend():
             predictor = Predictor(loaded, batch_size=batch_size, backend=backend)  # type: ignore[call-arg]
@@ -233,35 +247,53 @@ def make_predictor(loaded: LoadedModel, backend: str, batch_size: int) -> tuple[
     except Exception as error:
         raise SemsegError(f"cannot start the {backend} backend: {first_line(error)}") from error
     actual = getattr(predictor, "backend", None)
-    return predictor, str(actual) if isinstance(actual, str) else backend
+    family = actual if isinstance(actual, str) and actual != "auto" else backend
+    engine = getattr(predictor, "engine", None)
+    detail = engine.describe() if hasattr(engine, "describe") else family
+    return predictor, family, str(detail)
 
 
 # ---------------------------------------------------------------------------------------------
 # Decoding and encoding
 
 
-def decode_image(data: bytes, max_side: int) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` from encoded bytes; ApiError 400/413 for anything unusable."""
+def open_checked(data: bytes, max_side: int) -> Image.Image:
+    """The image's header read and its size checked (ApiError 400/413); pixels not decoded."""
     if not data:
         raise ApiError(400, "empty image: the request carried no image bytes")
     try:
+        image = Image.open(io.BytesIO(data), formats=DECODERS)
+    except Image.DecompressionBombError as error:
+        raise ApiError(413, f"image has too many pixels: {first_line(error)}") from error
+    except Exception as error:  # PIL raises many types on corrupt input; all are the client's
+        raise ApiError(
+            400, f"cannot decode the image (send {', '.join(DECODERS)}): {first_line(error)}"
+        ) from error
+    width, height = image.size
+    if width > max_side or height > max_side:
+        raise ApiError(413, f"image is {width}x{height} pixels; the limit is {max_side} per side")
+    if width < 1 or height < 1:
+        raise ApiError(400, f"image has no pixels ({width}x{height})")
+    return image
+
+
+def probe_image(data: bytes, max_side: int) -> int:
+    """Pixel count from the header alone: bad or oversized images are refused before queueing."""
+    width, height = open_checked(data, max_side).size
+    return width * height
+
+
+def decode_image(data: bytes, max_side: int) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` from encoded bytes; ApiError 400/413 for anything unusable."""
+    image = open_checked(data, max_side)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=DECODERS)
-            width, height = image.size
-            if width > max_side or height > max_side:
-                raise ApiError(
-                    413, f"image is {width}x{height} pixels; the limit is {max_side} per side"
-                )
-            if width < 1 or height < 1:
-                raise ApiError(400, f"image has no pixels ({width}x{height})")
             image.load()
             return to_rgb_array(image)
-    except ApiError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ApiError(413, "image has too many pixels") from error
-    except Exception as error:  # PIL raises many types on corrupt input; all are the client's
+    except Exception as error:  # truncated or corrupt pixel data
         raise ApiError(
             400, f"cannot decode the image (send {', '.join(DECODERS)}): {first_line(error)}"
         ) from error
@@ -299,6 +331,7 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 @dataclass
 class Prediction:
+    image: np.ndarray  # (H, W, 3) the decoded input
     labels: np.ndarray  # (H, W) class indices
     road_levels: np.ndarray | None  # (H, W) uint8 road probability, when asked for
     inference_ms: float
@@ -306,21 +339,22 @@ class Prediction:
 
 @dataclass
 class Job:
-    image: np.ndarray
+    data: bytes  # the encoded image: queued requests hold no decoded pixels
+    pixels: int
     want_prob: bool
     future: asyncio.Future
-    pixels: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pixels = int(self.image.shape[0]) * int(self.image.shape[1])
 
 
 class InferenceWorker:
-    """Admission control plus one worker that runs micro-batches on a dedicated thread.
+    """Admission control plus one worker that decodes and runs micro-batches on one thread.
 
-    ``admit()`` refuses (False) when ``capacity`` requests are already in flight, so queued
-    images and request bodies never exceed ``capacity`` however many clients connect.
+    ``admit()`` refuses (False) when ``capacity`` requests are already in flight, so at most
+    ``capacity`` request bodies (each at most ``max_bytes``) wait, however many clients connect.
+    Queued requests hold encoded bytes only: images are decoded by the worker, a batch at a time,
+    and at most ``ANSWER_SLOTS`` answers are encoded at once.
     """
+
+    ANSWER_SLOTS = 2
 
     def __init__(
         self,
@@ -330,8 +364,10 @@ class InferenceWorker:
         capacity: int,
         batch_size: int,
         batch_pixels: int,
+        max_side: int,
     ) -> None:
         self.predictor = predictor
+        self.max_side = max_side
         self.positive_class = positive_class
         self.label_dtype = np.uint8 if num_classes <= 256 else np.uint16
         self.capacity = capacity
@@ -345,6 +381,7 @@ class InferenceWorker:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._carry: Job | None = None
+        self.answer_slots: asyncio.Semaphore | None = None
 
     def admit(self) -> bool:
         if self.in_flight >= self.capacity:
@@ -363,6 +400,7 @@ class InferenceWorker:
         self._loop = loop
         self._queue = asyncio.Queue(maxsize=self.capacity)
         self._carry = None
+        self.answer_slots = asyncio.Semaphore(self.ANSWER_SLOTS)
         self._task = loop.create_task(self._run(), name="semseg-inference")
 
     async def stop(self) -> None:
@@ -372,10 +410,11 @@ class InferenceWorker:
                 await self._task
             self._task = None
 
-    async def predict(self, image: np.ndarray, want_prob: bool) -> Prediction:
+    async def predict(self, data: bytes, pixels: int, want_prob: bool) -> Prediction:
+        """Decode, segment and post-process one image (its header already checked)."""
         self.start()
         assert self._queue is not None
-        job = Job(image, want_prob, asyncio.get_running_loop().create_future())
+        job = Job(data, pixels, want_prob, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)  # never full: at most `capacity` requests are admitted
         return await job.future
 
@@ -406,24 +445,46 @@ class InferenceWorker:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
-            self.batches += 1
-            self.images += len(jobs)
+            decoded = sum(isinstance(result, Prediction) for result in results)
+            if decoded:
+                self.batches += 1
+                self.images += decoded
             for job, result in zip(jobs, results, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(result, Prediction):
                     job.future.set_result(result)
+                else:
+                    job.future.set_exception(result)
 
-    def _infer(self, jobs: list[Job]) -> list[Prediction]:
+    def _infer(self, jobs: list[Job]) -> list[Prediction | ApiError]:
+        """On the worker thread: decode each job (a bad one fails alone), one batch, labels."""
         started = time.perf_counter()
-        probabilities = self.predictor.predict_batch([job.image for job in jobs])
-        results = []
-        for job, probability in zip(jobs, probabilities, strict=True):
+        outcomes: list[Prediction | ApiError | None] = []
+        images = []
+        for job in jobs:
+            try:
+                images.append(decode_image(job.data, self.max_side))
+                outcomes.append(None)
+            except ApiError as error:
+                outcomes.append(error)
+            job.data = b""
+        probabilities = iter(self.predictor.predict_batch(images) if images else [])
+        pictures = iter(images)
+        results: list[Prediction | ApiError] = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome is not None:
+                results.append(outcome)
+                continue
+            probability = next(probabilities)
             labels = probability.argmax(axis=0).astype(self.label_dtype)
             levels = confidence_levels(probability[self.positive_class]) if job.want_prob else None
-            results.append(Prediction(labels, levels, 0.0))
-        del probabilities
+            results.append(Prediction(next(pictures), labels, levels, 0.0))
+        del probabilities, images
         elapsed = (time.perf_counter() - started) * 1000.0
         for result in results:
-            result.inference_ms = elapsed
+            if isinstance(result, Prediction):
+                result.inference_ms = elapsed
         return results
 
 
@@ -531,6 +592,7 @@ def create_app(
     batch_size: int = DEFAULT_BATCH_SIZE,
     batch_pixels: int = DEFAULT_BATCH_PIXELS,
     warmup: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The service for a checkpoint (path) or an already loaded model; loads the model now."""
     for name, value in (("max_bytes", max_bytes), ("max_side", max_side),
@@ -538,8 +600,12 @@ def create_app(
                         ("batch_pixels", batch_pixels)):
         if int(value) < 1:
             raise SemsegError(f"{name} must be at least 1, got {value}")
+    resolved = resolve_backend(backend)  # before loading: a bad flag fails fast
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    predictor, backend_name = make_predictor(loaded, resolve_backend(backend), batch_size)
+    if resolved == "auto" and announce is not None:
+        announce("--backend auto: timing the inference backends on this model (once per "
+                 "machine and checkpoint; then cached)")
+    predictor, backend_name, backend_detail = make_predictor(loaded, resolved, batch_size)
     if warmup:
         height, width = loaded.input_size
         predictor.predict_batch([np.zeros((height, width, 3), dtype=np.uint8)])
@@ -554,13 +620,14 @@ def create_app(
         positive_class_name=class_names[positive] if positive < len(class_names) else "",
         input_size=InputSize(height=loaded.input_size[0], width=loaded.input_size[1]),
         backend=backend_name,
+        backend_detail=backend_detail,
         checkpoint=CheckpointInfo(file=loaded.path.name, bytes=size, sha256=sha256),
         formats=[f.value for f in OutputFormat],
         limits=Limits(max_bytes=max_bytes, max_side=max_side, max_queue=max_queue,
                       batch_size=batch_size),
     )
     worker = InferenceWorker(predictor, positive, loaded.num_classes, max_queue, batch_size,
-                             batch_pixels)
+                             batch_pixels, max_side)
     service = Service(loaded, worker, backend_name, info, class_names, max_bytes, max_side)
 
     @asynccontextmanager
@@ -702,19 +769,25 @@ def add_routes(app: FastAPI, service: Service) -> None:
             )
         try:
             data = await read_upload(request, service.max_bytes)
-            image = await run_in_threadpool(decode_image, data, service.max_side)
+            pixels = await run_in_threadpool(probe_image, data, service.max_side)
+            result = await worker.predict(data, pixels, want_prob=output is OutputFormat.prob)
             del data
-            result = await worker.predict(image, want_prob=output is OutputFormat.prob)
-            return await run_in_threadpool(
-                build_answer, service, image, result, output, alpha, started
-            )
+            assert worker.answer_slots is not None
+            async with worker.answer_slots:
+                return await run_in_threadpool(
+                    build_answer, service, result, output, alpha, started
+                )
+        except ApiError:
+            raise
+        except Exception as error:  # the server's fault (out of memory, a bug): still JSON
+            LOG.exception("segmentation failed")
+            raise ApiError(500, f"segmentation failed: {first_line(error)}") from error
         finally:
             worker.release()
 
 
 def build_answer(
     service: Service,
-    image: np.ndarray,
     result: Prediction,
     output: OutputFormat,
     alpha: float,
@@ -746,7 +819,7 @@ def build_answer(
         )
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
     if output is OutputFormat.overlay:
-        content = png_bytes(overlay(image, road, alpha=alpha))
+        content = png_bytes(overlay(result.image, road, alpha=alpha))
     elif output is OutputFormat.prob:
         assert result.road_levels is not None
         content = png_bytes(result.road_levels)
@@ -796,18 +869,23 @@ def run_server(
     max_queue: int = DEFAULT_MAX_QUEUE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     log_level: str = "info",
-    announce=print,
+    announce: Callable[[str], None] = print,
 ) -> None:
-    """Load the checkpoint, bind the socket, serve until interrupted."""
+    """Bind the socket, load the checkpoint, serve until interrupted."""
     import uvicorn
 
-    app = create_app(checkpoint, backend=backend, max_bytes=max_bytes, max_side=max_side,
-                     max_queue=max_queue, batch_size=batch_size)
-    sock = listen_socket(host, port)
+    resolve_backend(backend)
+    sock = listen_socket(host, port)  # an address in use fails before the model loads
+    try:
+        app = create_app(checkpoint, backend=backend, max_bytes=max_bytes, max_side=max_side,
+                         max_queue=max_queue, batch_size=batch_size, announce=announce)
+    except BaseException:
+        sock.close()
+        raise
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     info: ModelInfo = app.state.service.info
-    announce(f"serving {info.name} ({info.checkpoint.file}, {info.backend}) on "
+    announce(f"serving {info.name} ({info.checkpoint.file}, {info.backend_detail}) on "
              f"http://{shown}:{bound_port}/ (API docs at /docs)")
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     try:

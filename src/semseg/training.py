@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from semseg.config import Config, save_config, validate
@@ -43,6 +43,25 @@ RUN_DIR_ENV = "SEMSEG_RUN_DIR"  # lets DDP worker processes find the run folder 
 
 
 METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
+
+
+class ChannelsLast(Callback):
+    """NHWC weights (so NHWC activations) for training: ``train.channels_last``.
+
+    ``None`` (the default) turns it on for bf16-mixed on the CPU, where oneDNN's bf16
+    convolutions run much faster in NHWC (BENCHMARKS.md, Speed); fp32 is left as it is.
+    Parameters are converted in place, so the optimiser keeps the same tensors.
+    """
+
+    def __init__(self, setting: bool | None) -> None:
+        self.setting = setting
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        wanted = self.setting
+        if wanted is None:
+            wanted = str(trainer.precision) == "bf16-mixed" and pl_module.device.type == "cpu"
+        if wanted:
+            getattr(pl_module, "model", pl_module).to(memory_format=torch.channels_last)
 
 
 class EpochLog(Callback):
@@ -112,6 +131,36 @@ class EpochLog(Callback):
             append_line(self.csv_path, row)
             if self.echo:
                 print(line, flush=True)
+
+
+class CpuTimer(Timer):
+    """Lightning's max_time timer on the CPU clock: the training process's CPU seconds divided
+    by the torch threads, i.e. the seconds the run would take on an otherwise idle machine
+    (``train.clock: cpu``). On a CPU shared with other jobs this keeps a time budget fair: a
+    busy neighbour slows the run down but does not shorten it. Validation counts, as with the
+    wall clock; so does data loading in the main process (``num_workers: 0``)."""
+
+    def __init__(self, seconds: float, threads: int) -> None:
+        super().__init__(duration={"seconds": seconds})
+        self._threads = max(1, threads)
+        self._cpu_start: float | None = None
+        self._cpu_end: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._cpu_start, self._cpu_end = time.process_time(), None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._cpu_end = time.process_time()
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        if stage != "train":
+            return super().time_elapsed(stage)
+        if self._cpu_start is None:
+            return float(self._offset)
+        end = self._cpu_end if self._cpu_end is not None else time.process_time()
+        return (end - self._cpu_start) / self._threads + self._offset
 
 
 def append_line(path: Path, line: str) -> None:
@@ -214,6 +263,7 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
     echo = not progress
     callbacks: list[Callback] = [
         EpochLog(run_dir, echo=echo),
+        ChannelsLast(getattr(train, "channels_last", None)),
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best",
@@ -232,15 +282,19 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
     ]
     if progress:
         callbacks.append(RichProgressBar(leave=True))
+    wall_budget = train.max_time_s if train.clock == "wall" else None
+    if train.max_time_s and train.clock == "cpu":
+        callbacks.append(CpuTimer(train.max_time_s, torch.get_num_threads()))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=train.epochs,
-        max_time={"seconds": train.max_time_s} if train.max_time_s else None,
+        max_time={"seconds": wall_budget} if wall_budget else None,
         accelerator=train.accelerator,
         devices=parse_devices(train.devices),
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,
+        gradient_clip_val=train.grad_clip,
         logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         callbacks=callbacks,
         enable_progress_bar=progress,
@@ -268,6 +322,13 @@ def build_task(config: Config) -> SegmentationTask:
         lr=config.train.lr,
         weight_decay=config.train.weight_decay,
         class_names=class_names,
+        optimizer=config.train.optimizer,
+        schedule=config.train.schedule,
+        warmup_epochs=config.train.warmup_epochs,
+        min_lr_factor=config.train.min_lr_factor,
+        loss=config.train.loss,
+        loss_weight=config.train.loss_weight,
+        max_time_s=config.train.max_time_s,
         input_size=[config.data.height, config.data.width],
     )
 

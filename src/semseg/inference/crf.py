@@ -63,7 +63,8 @@ def crf_params(enabled: bool, **overrides: float | int | None) -> CRFParams | No
                 "--crf-iters" if key == "iterations" else f"--crf-{key.replace('_', '-')}"
                 for key in sorted(given)
             )
-            raise SemsegError(f"{flags} only apply with --crf")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise SemsegError(f"{flags} only {verb} with --crf")
         return None
     require_backend()
     return CRFParams(**given)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from semseg.data.transforms import image_to_tensor
+from semseg.inference.backends import InferenceBackend, make_backend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams, refine
 
@@ -28,12 +29,17 @@ class Predictor:
         batch_size: int = 4,
         device: str = "cpu",
         crf: CRFParams | None = None,
+        backend: str | InferenceBackend | None = None,
     ) -> None:
         self.loaded = loaded
         self.crf = crf
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
-        self.model = loaded.model.to(self.device).eval()
+        self.model = None if loaded.model is None else loaded.model.to(self.device).eval()
+        # What runs the model (semseg.inference.backends): plain fp32 eager torch by default;
+        # "torch", "onnxruntime" or "auto" by name, or a backend instance.
+        self.engine = make_backend(loaded, backend, device)
+        self.backend = self.engine.name
 
     @property
     def positive_class(self) -> int:
@@ -43,7 +49,7 @@ class Predictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         height, width = self.loaded.input_size
         batch = torch.stack([image_to_tensor(image, height, width) for image in images])
-        logits = self.model(batch.to(self.device)).float()
+        logits = self.engine.logits(batch.to(self.device)).float()
         probabilities = []
         for index, image in enumerate(images):
             full = F.interpolate(

@@ -20,6 +20,7 @@ from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
 from semseg.models.trunk import (
     backbone_state_dict,
+    check_backbone_options,
     check_common_options,
     copy_into,
     fc_weight,
@@ -96,6 +97,7 @@ class DeepLabLargeFOV(SegmentationModel):
     ) -> None:
         super().__init__(num_classes)
         check_common_options(keep_prob, width_mult)
+        check_backbone_options(pretrained, backbone_weights, width_mult)
         if backbone != "vgg16":
             raise SemsegError(f"unknown backbone {backbone!r} for DeepLab; available: vgg16")
         pools = [nn.MaxPool2d(3, stride=2, padding=1) for _ in range(3)]

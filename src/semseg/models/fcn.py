@@ -12,9 +12,10 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
+from semseg.models import encoders
 from semseg.models.base import SegmentationModel, bilinear_upsampler, crop_like
+from semseg.models.encoders import AnyEncoder
 from semseg.models.registry import register_model
-from semseg.models.vgg import VGG16Encoder, imagenet_vgg16_state_dict, load_state_dict_file
 
 FINAL_STRIDE = {"32s": 32, "16s": 16, "8s": 8}
 
@@ -25,18 +26,10 @@ def build_encoder(
     pretrained: bool,
     backbone_weights: str | Path | None,
     backbone: str = "vgg16",
-) -> VGG16Encoder:
-    """A VGG16 encoder, optionally with ImageNet weights (download) or a local state dict."""
-    if backbone != "vgg16":
-        raise SemsegError(f"unknown backbone {backbone!r} for FCN; available: vgg16")
-    if pretrained and backbone_weights:
-        raise SemsegError("give either --pretrained or --backbone-weights, not both")
-    encoder = VGG16Encoder(keep_prob=keep_prob, width_mult=width_mult)
-    if pretrained:
-        encoder.load_torchvision_state_dict(imagenet_vgg16_state_dict())
-    elif backbone_weights:
-        encoder.load_torchvision_state_dict(load_state_dict_file(backbone_weights))
-    return encoder
+) -> AnyEncoder:
+    """Encoder ``backbone`` (see :mod:`semseg.models.encoders`: vgg16, vgg16_bn, resnet18/34/50,
+    mobilenet_v3_large), optionally with ImageNet weights (download) or a local state dict."""
+    return encoders.build_encoder(backbone, keep_prob, width_mult, pretrained, backbone_weights)
 
 
 def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -48,12 +41,14 @@ def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class FCN(SegmentationModel):
-    """FCN-32s / FCN-16s / FCN-8s (Long et al., CVPR 2015) on a VGG16 encoder.
+    """FCN-32s / FCN-16s / FCN-8s (Long et al., CVPR 2015) on a VGG16 (or another) encoder.
 
     Scores from fc7 (stride 32) are upsampled 2x by a learned transposed convolution
     (bilinear init), cropped and summed with 1x1 scores of pool4 (FCN-16s), again with pool3
     (FCN-8s), then upsampled to the input by a transposed convolution fixed to bilinear
     interpolation (kernel 2s, stride s; s = 32, 16 or 8), as the paper prescribes.
+    ``backbone`` picks the encoder (:mod:`semseg.models.encoders`); its stride 8/16/32 maps play
+    pool3, pool4 and fc7.
 
     Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
     """

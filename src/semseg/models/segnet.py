@@ -6,6 +6,7 @@ Image Segmentation", IEEE TPAMI 2017.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from semseg.models.registry import register_model
 from semseg.models.trunk import (
     VGG16_BLOCKS,
     backbone_state_dict,
+    check_backbone_options,
     check_common_options,
     load_trunk,
     vgg16_trunk,
@@ -33,6 +35,15 @@ DECODER_LAYOUT: tuple[tuple[int, ...], ...] = (
     (64,),
 )
 BACKBONES = ("vgg16", "vgg16_bn")
+
+# Under torch.use_deterministic_algorithms(warn_only=True) (semseg's trainer) max unpooling warns
+# that it may be nondeterministic: only when two values share an index, which the indices of a
+# non-overlapping 2x2/2 max pool never do.
+warnings.filterwarnings(
+    "ignore",
+    message="max_unpooling2d_forward_out does not have a deterministic implementation",
+    category=UserWarning,
+)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -81,6 +92,7 @@ class SegNet(SegmentationModel):
     ) -> None:
         super().__init__(num_classes)
         check_common_options(keep_prob, width_mult)
+        check_backbone_options(pretrained, backbone_weights, width_mult, batch_norm=True)
         if backbone not in BACKBONES:
             raise SemsegError(f"unknown backbone {backbone!r} for SegNet; available: vgg16_bn")
         pools = [

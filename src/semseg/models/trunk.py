@@ -103,6 +103,26 @@ def imagenet_vgg16_bn_state_dict() -> dict[str, Tensor]:
         ) from error
 
 
+def check_backbone_options(
+    pretrained: bool,
+    backbone_weights: str | Path | None,
+    width_mult: float,
+    batch_norm: bool = False,
+) -> bool:
+    """Whether weights are to be loaded; a SemsegError for combinations that cannot work.
+
+    Models call it before building their layers, so a bad combination fails at once.
+    """
+    if pretrained and backbone_weights:
+        raise SemsegError("give either --pretrained or --backbone-weights, not both")
+    if not (pretrained or backbone_weights):
+        return False
+    if width_mult != 1.0:
+        name = "VGG16-BN" if batch_norm else "VGG16"
+        raise SemsegError(f"ImageNet {name} weights need width_mult 1.0, got {width_mult}")
+    return True
+
+
 def backbone_state_dict(
     pretrained: bool,
     backbone_weights: str | Path | None,
@@ -114,13 +134,8 @@ def backbone_state_dict(
     ``pretrained``: ImageNet weights via torchvision's weights API; ``backbone_weights``: a local
     ``torch.save``-d state dict of the same layout. They exclude each other and need width 1.
     """
-    if pretrained and backbone_weights:
-        raise SemsegError("give either --pretrained or --backbone-weights, not both")
-    if not (pretrained or backbone_weights):
+    if not check_backbone_options(pretrained, backbone_weights, width_mult, batch_norm):
         return None
-    name = "VGG16-BN" if batch_norm else "VGG16"
-    if width_mult != 1.0:
-        raise SemsegError(f"ImageNet {name} weights need width_mult 1.0, got {width_mult}")
     if pretrained:
         return imagenet_vgg16_bn_state_dict() if batch_norm else imagenet_vgg16_state_dict()
     return load_state_dict_file(backbone_weights)  # type: ignore[arg-type]

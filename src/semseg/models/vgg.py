@@ -83,16 +83,19 @@ class VGG16Encoder(nn.Module):
         keep_prob: probability of keeping an activation in the dropout after fc6 and fc7
             (the reference exercise's knob; ``1.0`` disables dropout).
         width_mult: channel multiplier; ``1.0`` is VGG16 proper (ImageNet weights load only then).
+        batch_norm: BN after every convolution of the trunk (torchvision's ``vgg16_bn`` layout).
     """
 
-    def __init__(self, keep_prob: float = 0.5, width_mult: float = 1.0) -> None:
+    def __init__(
+        self, keep_prob: float = 0.5, width_mult: float = 1.0, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if not 0.0 < keep_prob <= 1.0:
             raise SemsegError(f"keep_prob must be in (0, 1], got {keep_prob}")
         if width_mult <= 0:
             raise SemsegError(f"width_mult must be positive, got {width_mult}")
         self.width_mult = width_mult
-        self.features = make_vgg16_features(width_mult)
+        self.features = make_vgg16_features(width_mult, batch_norm=batch_norm)
         conv5_channels = scaled(512, width_mult)
         fc_channels = scaled(FC_CHANNELS, width_mult)
         self.fc6 = nn.Conv2d(conv5_channels, fc_channels, kernel_size=7, padding=3)

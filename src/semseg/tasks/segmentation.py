@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
@@ -19,13 +19,16 @@ from semseg.config import IGNORE_INDEX
 from semseg.errors import SemsegError
 from semseg.metrics.road import RoadMaxF
 from semseg.models import build_model
+from semseg.tasks.recipe import build_optimizer, lr_factor, segmentation_loss
 
 # Options that only matter when the model is first built (weights come from the checkpoint later).
 INIT_ONLY_OPTIONS = ("pretrained", "backbone_weights")
 
 
 class SegmentationTask(L.LightningModule):
-    """Softmax cross-entropy (ignoring ``ignore_index``) trained with Adam.
+    """Softmax cross-entropy (ignoring ``ignore_index``) trained with Adam — or the recipe that
+    ``optimizer``, ``schedule``, ``warmup_epochs``, ``min_lr_factor``, ``loss`` and ``loss_weight``
+    choose (:mod:`semseg.tasks.recipe`; ``max_time_s`` ends the schedule when the time budget does).
 
     Logged per epoch: ``train_loss``; ``val_loss``, ``val_maxf``, ``val_ap`` (devkit scores of the
     positive class at the training resolution, in percent), ``val_iou`` (positive class IoU at
@@ -43,6 +46,13 @@ class SegmentationTask(L.LightningModule):
         class_names: list[str] | None = None,
         input_size: list[int] | None = None,
         ignore_index: int = IGNORE_INDEX,
+        optimizer: str = "adam",
+        schedule: str = "constant",
+        warmup_epochs: float = 0.0,
+        min_lr_factor: float = 0.0,
+        loss: str = "ce",
+        loss_weight: float = 1.0,
+        max_time_s: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -57,7 +67,14 @@ class SegmentationTask(L.LightningModule):
         return self.model(images)
 
     def loss(self, logits: Tensor, masks: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), masks, ignore_index=self.hparams.ignore_index)
+        hparams = self.hparams
+        return segmentation_loss(
+            logits,
+            masks,
+            hparams.get("loss", "ce"),
+            hparams.ignore_index,
+            hparams.get("loss_weight", 1.0),
+        )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch
@@ -112,8 +129,52 @@ class SegmentationTask(L.LightningModule):
         for metric in (self.val_road, self.val_iou, self.val_acc):
             metric.reset()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(
-            trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+    def configure_optimizers(self) -> Any:
+        hparams = self.hparams
+        optimizer = build_optimizer(
+            hparams.get("optimizer", "adam"),
+            self.named_parameters(),
+            lr=hparams.lr,
+            weight_decay=hparams.weight_decay,
         )
+        schedule = hparams.get("schedule", "constant")
+        warmup_epochs = float(hparams.get("warmup_epochs", 0.0))
+        if schedule == "constant" and warmup_epochs == 0:
+            return optimizer  # the reference: a constant learning rate
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        warmup_steps = round(warmup_epochs * steps_per_epoch)
+        max_time_s = hparams.get("max_time_s")
+        min_factor = float(hparams.get("min_lr_factor", 0.0))
+
+        def factor(step: int) -> float:
+            progress = step / total_steps
+            if max_time_s:
+                progress = max(progress, self._elapsed_training_seconds() / max_time_s)
+            return lr_factor(step, warmup_steps, progress, schedule, min_factor)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _elapsed_training_seconds(self) -> float:
+        """Seconds of training so far by Lightning's max_time timer (kept across --resume)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        for callback in trainer.callbacks:
+            if isinstance(callback, Timer):
+                return float(callback.time_elapsed("train"))
+        return 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.optimizers:
+            self.log(
+                "lr",
+                self.trainer.optimizers[0].param_groups[0]["lr"],
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+            )
