@@ -729,7 +729,7 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
         ("fcn8s paths", [Config(BASELINE_MODEL, p, "infer") for p in infer_paths]),
         ("models fp32", [Config(m, "fp32", "infer") for m in models]),
     ]
-    if models_bf16():
+    if models_bf16() and not settings.quick:  # --quick: one group per kind of code path
         groups.append(("models bf16-cl",
                        [base, *[Config(m, "bf16-cl", "infer") for m in models]]))
     train_base = Config(BASELINE_MODEL, "fp32", "train")
@@ -738,7 +738,7 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
     others = [m for m in models if m != BASELINE_MODEL]
     fcn_others = [m for m in others if m in FCNS]
     peers = [m for m in others if m not in FCNS]
-    if fcn_others:
+    if fcn_others and not settings.quick:
         groups.append(("FCN training", [train_base, *[Config(m, "fp32", "train")
                                                      for m in fcn_others]]))
     if peers:

@@ -265,7 +265,7 @@ def load_any_model(path: Path):
 
 
 def choose_backend(loaded, backend, precision, channels_last, compile_, threads, recalibrate,
-                   image=None):
+                   image=None, batch_size=1):
     """The backend the flags ask for; says which on one stderr line."""
     from semseg.inference.backends import select_backend
 
@@ -282,6 +282,7 @@ def choose_backend(loaded, backend, precision, channels_last, compile_, threads,
         image=image,
         recalibrate=recalibrate,
         announce=announce,
+        batch_size=batch_size,
     )
     announce(choice.line(engine))
     return engine
@@ -361,6 +362,7 @@ def evaluate(
     engine = choose_backend(
         loaded, backend, precision, channels_last, compile_, threads, recalibrate,
         image=first_readable(reader, samples) if backend == "auto" else None,
+        batch_size=batch_size,
     )
     with progress_bar() as bar:
         task = bar.add_task("evaluating", total=len(samples))
@@ -420,6 +422,7 @@ def predict(
     engine = choose_backend(
         loaded, backend, precision, channels_last, compile_, threads, recalibrate,
         image=read_rgb(paths[0]) if backend == "auto" else None,
+        batch_size=min(batch_size, len(paths)),
     )
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))

@@ -50,6 +50,7 @@ PARITY_TOLERANCE = {"32": 1e-3, "bf16": 0.02}
 """Largest max |p - p_fp32_eager| (softmax probability, any class, any pixel) that ``auto``
 accepts for a candidate of that precision; ONNX Runtime runs fp32."""
 CALIBRATION_ITERATIONS = 3
+CALIBRATION_MAX_BATCH = 4
 """Timed runs per candidate (after one warm-up), interleaved between candidates; median kept."""
 
 
@@ -406,8 +407,11 @@ class Choice:
         return f"backend: {name} ({'; '.join(details)})" if details else f"backend: {name}"
 
 
-def calibration_batch(loaded: LoadedModel, image: np.ndarray | None = None) -> Tensor:
-    """The first image (or a synthetic road scene) at the model's input size, batch 1."""
+def calibration_batch(
+    loaded: LoadedModel, image: np.ndarray | None = None, batch_size: int = 1
+) -> Tensor:
+    """The first image (or a synthetic road scene) at the model's input size, ``batch_size``
+    copies (which path is fastest depends on the batch: weights are re-read once per batch)."""
     from semseg.data.transforms import image_to_tensor
 
     height, width = loaded.input_size
@@ -418,7 +422,7 @@ def calibration_batch(loaded: LoadedModel, image: np.ndarray | None = None) -> T
         image = np.asarray(scene)
         if image.dtype != np.uint8:
             image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-    return image_to_tensor(image, height, width).unsqueeze(0)
+    return image_to_tensor(image, height, width).unsqueeze(0).repeat(batch_size, 1, 1, 1)
 
 
 def calibrate(
@@ -480,9 +484,11 @@ def calibrate(
     return choice, backends
 
 
-def choice_key(sha256: str, loaded: LoadedModel, candidates: Sequence[Candidate]) -> str:
+def choice_key(
+    sha256: str, loaded: LoadedModel, candidates: Sequence[Candidate], batch_size: int = 1
+) -> str:
     text = "|".join(
-        [machine_key(), sha256, "x".join(map(str, loaded.input_size)),
+        [machine_key(), sha256, "x".join(map(str, loaded.input_size)), f"batch {batch_size}",
          ",".join(c.label() for c in candidates)]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -508,11 +514,14 @@ def select_backend(
     device: str = "cpu",
     announce: Callable[[str], None] | None = None,
     recalibrate: bool = False,
+    batch_size: int = 1,
 ) -> tuple[InferenceBackend, Choice]:
     """The backend the flags ask for; ``auto`` calibrates on ``image`` (or a synthetic scene).
 
     ``use_cache``: read and write the choice in :func:`cache_dir`; ``recalibrate``: calibrate
-    even when a choice is cached (and store the new one)."""
+    even when a choice is cached (and store the new one); ``batch_size``: the batch the run will
+    use (calibrated at up to :data:`CALIBRATION_MAX_BATCH` copies of the image)."""
+    batch_size = max(1, min(batch_size, CALIBRATION_MAX_BATCH))
     backend = backend.strip().lower()
     if backend not in BACKEND_NAMES:
         raise SemsegError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
@@ -545,7 +554,7 @@ def select_backend(
     from semseg.inference.onnx_export import file_sha256
 
     sha = file_sha256(loaded.path) if loaded.path.is_file() else "in-memory"
-    key = choice_key(sha, loaded, candidates)
+    key = choice_key(sha, loaded, candidates, batch_size)
     store = cache_dir() / "backend-choices.json"
     if use_cache and not recalibrate:
         entry = read_choices(store).get(key)
@@ -562,8 +571,10 @@ def select_backend(
                 )
             except (TypeError, KeyError, SemsegError):
                 pass  # a stale or broken entry: calibrate again
-    batch = calibration_batch(loaded, image)
-    choice, backends = calibrate(loaded, candidates, batch, threads=threads, announce=announce,
+    batch = calibration_batch(loaded, image, batch_size)
+    iterations = CALIBRATION_ITERATIONS if batch_size == 1 else 2
+    choice, backends = calibrate(loaded, candidates, batch, iterations=iterations,
+                                 threads=threads, announce=announce,
                                  sha256=sha if loaded.path.is_file() else None)
     if use_cache:
         choices = read_choices(store)

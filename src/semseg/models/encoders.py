@@ -59,7 +59,6 @@ class Encoder(nn.Module):
     """
 
     feature_info: tuple[StageInfo, ...] = ()
-    weights_name: str = ""  # torchvision's weights enum, e.g. "ResNet18_Weights"
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -189,7 +188,6 @@ class ResNetEncoder(Encoder):
             StageInfo("relu", 64, 2),
             *(StageInfo(f"layer{i + 1}", 64 * 2**i * expansion, 2 ** (i + 2)) for i in range(4)),
         )
-        self.weights_name = f"ResNet{depth}_Weights"
 
     @property
     def arch(self) -> str:
@@ -231,7 +229,6 @@ class MobileNetV3Encoder(Encoder):
                 stages.append(info)
         self.feature_info = tuple(stages)
         self._stage_indices = tuple(int(info.module.split(".")[1]) for info in stages)
-        self.weights_name = "MobileNet_V3_Large_Weights"
 
     @property
     def arch(self) -> str:
