@@ -64,6 +64,14 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+
+
+def display_path(path: Path) -> str:
+    """A path as written in BENCHMARKS.md: relative to the project where possible."""
+    try:
+        return os.path.relpath(Path(path).resolve(), ROOT)
+    except ValueError:
+        return str(path)
 FCNS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
 PEERS = {
     "fcn_resnet50": "torchvision",
@@ -473,7 +481,7 @@ def parity_batches(settings: Settings, data: Path, count: int) -> tuple[list, st
         for sample in samples:
             image, mask = reader(sample)
             pairs.append((image_to_tensor(image, height, width), resize_mask(mask, height, width)))
-        source = f"KITTI {data} (first {len(pairs)} training images)"
+        source = f"KITTI {display_path(data)} (first {len(pairs)} training images)"
     if not pairs:
         from semseg.data.synthetic import generate_scene
 
@@ -663,7 +671,7 @@ def parity_images(settings: Settings, data: Path) -> tuple[list, str]:
         for sample in samples:
             image, mask = reader(sample)
             out.append((image, mask, sample.category))
-        return out, f"KITTI development split {data} ({len(out)} images)"
+        return out, f"KITTI development split {display_path(data)} ({len(out)} images)"
     from semseg.config import IGNORE_INDEX
     from semseg.data.synthetic import generate_scene
 
