@@ -16,12 +16,21 @@ that fitted in the budget, and the parameters. An entry is ``MODEL[:BACKBONE][@R
   (the reference at Adam 1e-3: the recipe the smp Unet was measured with).
 
 ``--ablation`` instead trains the recipe ladder: the reference, then one ingredient added at a
-time (cumulative), each with the same budget.
+time (cumulative), each with the same budget. ``--leave-one-out`` trains ``kitti_fast_cpu`` and
+the config with one ingredient taken out at a time (the encoder and the learning rate are
+measured by the grid's reference and ``fcn8s:vgg16`` rows).
 
     python3 benchmarks/cpu_budget.py --quick                                 # smoke test, ~1 min
     python3 benchmarks/cpu_budget.py --budget-s 600 --models fcn8s:resnet18 smp-unet-resnet18@peer
     python3 benchmarks/cpu_budget.py --budget-s 150 --models fcn8s:vgg16 fcn8s:resnet18 ...
     python3 benchmarks/cpu_budget.py --budget-s 150 --ablation
+    python3 benchmarks/cpu_budget.py --clock cpu --jobs 2 --leave-one-out
+    python3 benchmarks/cpu_budget.py --clock cpu --jobs 2     # the grid, two entries side by side
+
+``--jobs N`` trains N entries at a time, each in its own process with ``cores // N`` torch
+threads (its log in ``RUNS/results-*/NAME.log``). Every finished entry's result is kept in
+``RUNS/results-<clock><budget>s-seed<seed>/NAME.json``: a killed grid, run again with the same
+arguments, reuses those and trains only the rest (``--fresh`` retrains everything).
 
 Everything trains from scratch (no ImageNet weights). The machine's CPU may be shared: a busy
 neighbour takes steps away from a run, so the epochs and steps columns say what each run got.
@@ -32,7 +41,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -45,13 +56,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
 SMP_UNET = "smp-unet-resnet18"
+ENCODERS = ("vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
+# The grid: the reference recipe's baseline, every FCN variant x encoder on the fast recipe, and
+# the peer (FCN-8s and the peer first: a grid stopped early still answers the main question).
 DEFAULT_MODELS = (
     "fcn8s:vgg16@reference",
-    *(f"fcn8s:{encoder}" for encoder in ("vgg16", "vgg16_bn", "resnet18", "resnet34")),
-    *(f"fcn8s:{encoder}" for encoder in ("resnet50", "mobilenet_v3_large")),
-    "fcn16s:resnet18",
-    "fcn32s:resnet18",
+    *(f"fcn8s:{encoder}" for encoder in ENCODERS),
     f"{SMP_UNET}@peer",
+    *(f"{variant}:{encoder}" for variant in ("fcn16s", "fcn32s") for encoder in ENCODERS),
 )
 
 # The ablation ladder: (label, overrides added to the previous step's), from the reference.
@@ -78,6 +90,18 @@ ABLATION: tuple[tuple[str, dict[str, object]], ...] = (
     ),
     ("+ gradient clipping (norm 1)", {"train.grad_clip": 1.0}),
 )
+
+# Leave-one-out from kitti_fast_cpu: (label, result name, overrides).
+LEAVE_ONE_OUT: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("kitti_fast_cpu (FCN-8s / ResNet-18, full recipe)", "fcn8s-resnet18-fast", {}),
+    ("- augmentation (no scale_crop, no color_jitter)", "loo-augmentation", {
+        "data.scale_crop": 0.0, "data.color_jitter": 0.0}),
+    ("- Dice (plain CE)", "loo-dice", {"train.loss": "ce"}),
+    ("- gradient clipping", "loo-grad-clip", {"train.grad_clip": None}),
+    ("- AdamW / warm-up / cosine (Adam, constant lr, no weight decay)", "loo-schedule", {
+        "train.optimizer": "adam", "train.weight_decay": 0.0, "train.warmup_epochs": 0.0,
+        "train.schedule": "constant"}),
+)  # fmt: skip
 
 
 def register_smp_unet() -> None:
@@ -211,10 +235,18 @@ def count_parameters(model: str, backbone: str | None) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def run_models(args: argparse.Namespace) -> list[Result]:
+@dataclass
+class Planned:
+    label: str
+    name: str  # run-folder and result-file name
+    config: object
+    params_of: tuple[str, str | None]
+
+
+def plan_models(args: argparse.Namespace) -> list[Planned]:
     from semseg.config import set_field
 
-    results = []
+    planned = []
     for entry in args.models:
         model, backbone, recipe = parse_entry(entry, args.recipe)
         if model == SMP_UNET and args.quick and not smp_available():
@@ -226,28 +258,114 @@ def run_models(args: argparse.Namespace) -> list[Result]:
             set_field(config, "model.backbone", backbone)
         label = f"{model}:{backbone or '-'}@{recipe}" if model != SMP_UNET else f"{model}@{recipe}"
         name = label.replace(":", "-").replace("@", "-")
-        results.append(announce(label, config, (model, backbone), args, name))
-    return results
+        planned.append(Planned(label, name, config, (model, backbone)))
+    return planned
 
 
-def run_ablation(args: argparse.Namespace) -> list[Result]:
+def plan_ablation(args: argparse.Namespace) -> list[Planned]:
     from semseg.config import set_field
 
-    results, overrides = [], {}
+    planned, overrides = [], {}
     steps = ABLATION[: 2 if args.quick else None]
     for index, (label, added) in enumerate(steps):
         overrides.update(added)
         config = base_config("reference", args)
         for dotted, value in overrides.items():
             set_field(config, dotted, value)
-        params_of = ("fcn8s", config.model.backbone)
-        results.append(announce(label, config, params_of, args, f"ablation{index}"))
+        planned.append(Planned(label, f"ablation{index}", config, ("fcn8s", config.model.backbone)))
+    return planned
+
+
+def plan_leave_one_out(args: argparse.Namespace) -> list[Planned]:
+    from semseg.config import set_field
+
+    planned = []
+    for label, name, overrides in LEAVE_ONE_OUT:
+        config = base_config("fast", args)
+        for dotted, value in overrides.items():
+            set_field(config, dotted, value)
+        planned.append(Planned(label, name, config, ("fcn8s", config.model.backbone)))
+    return planned
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    quick = "-quick" if args.quick else ""
+    return args.runs / f"results-{args.clock}{args.budget_s:g}s-seed{args.seed}{quick}"
+
+
+def load_result(path: Path) -> Result | None:
+    try:
+        return Result(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_result(path: Path, result: Result) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result.__dict__, indent=2))
+    os.replace(partial, path)
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def run_planned(planned: Sequence[Planned], args: argparse.Namespace) -> list[Result]:
+    """Train every planned entry not already finished (``--jobs`` at a time) and return all
+    results in plan order."""
+    folder = results_dir(args)
+    finished = {
+        item.name for item in planned if load_result(folder / f"{item.name}.json") is not None
+    }
+    todo = [item for item in planned if args.fresh or item.name not in finished]
+    for item in planned:
+        if item.name in finished and not args.fresh:
+            print(f"== {item.label}: finished earlier ({folder / item.name}.json)", flush=True)
+    if args.jobs <= 1:
+        for item in todo:
+            save_result(folder / f"{item.name}.json", announce(item, args))
+    else:
+        run_in_children(todo, args, folder)
+    results = [load_result(folder / f"{item.name}.json") for item in planned]
+    for item, result in zip(planned, results, strict=True):
+        if result is not None:
+            result.entry = item.label  # a result shared by two plans takes this plan's label
+    missing = [item.label for item, result in zip(planned, results, strict=True) if result is None]
+    if missing:
+        raise SystemExit(f"no result for {', '.join(missing)}: see the logs in {folder}")
     return results
 
 
-def announce(label: str, config, params_of, args, name: str) -> Result:
-    print(f"== {label}: training for {args.budget_s:.0f} s", flush=True)
-    result = train_entry(label, config, params_of, name)
+def run_in_children(todo: Sequence[Planned], args: argparse.Namespace, folder: Path) -> None:
+    """``--jobs N``: each entry in a child process of this script (``--only NAME``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = threads_per_job(args.jobs)
+    waiting, running = list(todo), []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            item = waiting.pop(0)
+            command = [
+                sys.executable, str(Path(__file__).resolve()), *args.argv,
+                "--jobs", "1", "--threads", str(threads), "--only", item.name,
+            ]  # fmt: skip
+            log = (folder / f"{item.name}.log").open("w")
+            print(f"== {item.label}: training for {args.budget_s:.0f} s "
+                  f"({threads} threads, log {log.name})", flush=True)  # fmt: skip
+            running.append((item, subprocess.Popen(command, stdout=log, stderr=log), log))
+        time.sleep(0.2)
+        for entry in [entry for entry in running if entry[1].poll() is not None]:
+            item, process, log = entry
+            log.close()
+            running.remove(entry)
+            result = load_result(folder / f"{item.name}.json")
+            state = "failed" if result is None else f"MaxF {fmt(result.max_f)}"
+            print(f"   {item.label}: {state} (exit {process.returncode})", flush=True)
+
+
+def announce(item: Planned, args: argparse.Namespace) -> Result:
+    print(f"== {item.label}: training for {args.budget_s:.0f} s", flush=True)
+    result = train_entry(item.label, item.config, item.params_of, item.name)
     print(
         f"   MaxF {fmt(result.max_f)}  AP {fmt(result.ap)}  epochs {result.epochs}  "
         f"steps {result.steps}  ({result.run_dir})",
@@ -284,9 +402,7 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe_machine() -> str:
-    import os
-
+def describe_machine(threads: int) -> str:
     cpu = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -297,7 +413,7 @@ def describe_machine() -> str:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads, load "
+        f"{cpu}, {os.cpu_count()} cores ({threads} torch threads per entry, load "
         f"{load:.1f} at the end), torch {torch.__version__}"
     )
 
@@ -310,6 +426,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--recipe", default="fast", help="default recipe: fast|reference|peer")
     parser.add_argument("--ablation", action="store_true", help="train the recipe ladder")
+    parser.add_argument(
+        "--leave-one-out", action="store_true", help="kitti_fast_cpu minus one ingredient each"
+    )
     parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds each")
     parser.add_argument(
         "--clock",
@@ -321,10 +440,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cpu_budget")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) and JSON here")
+    parser.add_argument("--jobs", type=int, default=1, help="entries trained side by side")
+    parser.add_argument("--threads", type=int, help="torch threads per entry (cores // jobs)")
+    parser.add_argument("--fresh", action="store_true", help="retrain finished entries too")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # one entry, in a --jobs child
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: tiny synthetic data, seconds per entry"
     )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.threads is None:
+        args.threads = threads_per_job(args.jobs) if args.jobs > 1 else torch.get_num_threads()
+    elif args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.quick:
         args.budget_s = min(args.budget_s, 4.0)
         if args.models == list(DEFAULT_MODELS):
@@ -336,18 +466,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     register_smp_unet()
-    command = "python3 benchmarks/cpu_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = run_ablation(args) if args.ablation else run_models(args)
+    if args.ablation:
+        planned = plan_ablation(args)
+    elif args.leave_one_out:
+        planned = plan_leave_one_out(args)
+    else:
+        planned = plan_models(args)
+    if args.only is not None:
+        planned = [item for item in planned if item.name == args.only]
+        args.fresh = True
+        if not planned:
+            raise SystemExit(f"--only {args.only}: no such entry")
+        run_planned(planned, args)
+        return 0
+    results = run_planned(planned, args)
     table = format_table(results)
+    command = "python3 benchmarks/cpu_budget.py " + " ".join(args.argv)
     clock = (
         "wall clock, train.max_time_s"
         if args.clock == "wall"
-        else f"CPU clock: process CPU seconds / {torch.get_num_threads()} threads"
+        else f"CPU clock: process CPU seconds / {args.threads} threads"
     )
+    side_by_side = f", {args.jobs} entries side by side" if args.jobs > 1 else ""
     footer = (
-        f"\n`{command.strip()}` on {date.today().isoformat()}; {describe_machine()}. "
-        f"{args.budget_s:.0f} s of training per entry ({clock}), seed {args.seed}, "
+        f"\n`{command.strip()}` on {date.today().isoformat()}; {describe_machine(args.threads)}. "
+        f"{args.budget_s:.0f} s of training per entry ({clock}{side_by_side}), seed {args.seed}, "
         "from scratch; MaxF/AP/IoU: devkit perspective scores of best.ckpt on the run's "
         "validation images at full resolution.\n"
     )
