@@ -222,16 +222,10 @@ def format_table(
 
 
 def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from semseg.inference.backends import cpu_model
+
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
 

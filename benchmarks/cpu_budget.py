@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -403,17 +402,11 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def describe_machine(threads: int) -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from semseg.inference.backends import cpu_model
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{cpu}, {os.cpu_count()} cores ({threads} torch threads per entry, load "
+        f"{cpu_model()}, {os.cpu_count()} cores ({threads} torch threads per entry, load "
         f"{load:.1f} at the end), torch {torch.__version__}"
     )
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from semseg.config import Config, load_config
 
-KITTI_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_road"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KITTI_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "kitti_road"
 needs_kitti = pytest.mark.skipif(
     not (KITTI_ROOT / "training" / "image_2").is_dir(), reason="../shared/data/kitti_road absent"
 )
@@ -56,3 +60,16 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@functools.cache
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` as a module (the benchmark scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_benchmark", PROJECT_ROOT / "benchmarks" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

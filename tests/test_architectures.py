@@ -8,7 +8,6 @@ torchvision weight loading, CRF refinement, and the benchmark script's table.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import urllib.error
@@ -19,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import load_benchmark
 from torch import nn
 
 from semseg.errors import SemsegError
@@ -37,7 +37,6 @@ from semseg.models.segnet import SegNet
 
 ARCHITECTURES = ("segnet", "deeplab-largefov", "dilation8-frontend", "dilation8-context")
 SMALL = 0.125
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -608,19 +607,8 @@ def test_evaluation_records_the_crf_settings() -> None:
 # ----------------------------------------------------------------------- benchmark script
 
 
-def load_benchmark_script():
-    spec = importlib.util.spec_from_file_location(
-        "architectures_benchmark", ROOT / "benchmarks" / "architectures.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_table_formatting() -> None:
-    bench = load_benchmark_script()
+    bench = load_benchmark("architectures")
     rows = [
         bench.Result("segnet", 91.234, 80.5, 7, 120.0, 29_444_162, 1_840_000, 1.234, 2.04),
         bench.Result("dilation8-context", None, None, None, None, 134_269_010, 8_400, None),
@@ -638,7 +626,7 @@ def test_benchmark_table_formatting() -> None:
 
 
 def test_benchmark_cpu_budget_stops_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = load_benchmark_script()
+    bench = load_benchmark("architectures")
     now = [100.0]
     monkeypatch.setattr(bench, "cpu_clock", lambda: now[0])
 

@@ -4,26 +4,16 @@ side by side (``--jobs``) that resumes from the entries it finished."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "cpu_budget_benchmark", ROOT / "benchmarks" / "cpu_budget.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cpu_budget")
 
 
 def test_default_grid_is_every_fcn_variant_by_every_encoder(bench) -> None:

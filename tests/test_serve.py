@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene
@@ -494,12 +495,7 @@ def test_page_in_headless_chromium(chromium, live_server, scene, tmp_path):
 
 
 def test_quick_load(checkpoint, tmp_path):
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" /
-                                                  "serve_load.py")
-    assert spec is not None and spec.loader is not None
-    serve_load = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = serve_load
-    spec.loader.exec_module(serve_load)
+    serve_load = load_benchmark("serve_load")
     out = tmp_path / "load.json"
     code = serve_load.main(["--quick", "--checkpoint", str(checkpoint), "--backend", "torch",
                             "--json", str(out)])
