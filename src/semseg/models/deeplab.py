@@ -20,8 +20,7 @@ from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
 from semseg.models.trunk import (
     backbone_state_dict,
-    check_backbone_options,
-    check_common_options,
+    check_model_options,
     copy_into,
     fc_weight,
     gaussian_conv_,
@@ -96,10 +95,9 @@ class DeepLabLargeFOV(SegmentationModel):
         backbone: str = "vgg16",
     ) -> None:
         super().__init__(num_classes)
-        check_common_options(keep_prob, width_mult)
-        check_backbone_options(pretrained, backbone_weights, width_mult)
-        if backbone != "vgg16":
-            raise SemsegError(f"unknown backbone {backbone!r} for DeepLab; available: vgg16")
+        check_model_options(
+            "DeepLab", backbone, ("vgg16",), keep_prob, width_mult, pretrained, backbone_weights
+        )
         pools = [nn.MaxPool2d(3, stride=2, padding=1) for _ in range(3)]
         pools += [nn.MaxPool2d(3, stride=1, padding=1) for _ in range(2)]
         self.features = vgg16_trunk(width_mult, pools=pools, dilations=(1, 1, 1, 1, 2))

@@ -10,14 +10,12 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semseg.errors import SemsegError
 from semseg.models.base import SegmentationModel
 from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
 from semseg.models.trunk import (
     backbone_state_dict,
-    check_backbone_options,
-    check_common_options,
+    check_model_options,
     copy_into,
     fc_weight,
     gaussian_conv_,
@@ -88,10 +86,9 @@ class Dilation8(SegmentationModel):
         backbone: str = "vgg16",
     ) -> None:
         super().__init__(num_classes)
-        check_common_options(keep_prob, width_mult)
-        check_backbone_options(pretrained, backbone_weights, width_mult)
-        if backbone != "vgg16":
-            raise SemsegError(f"unknown backbone {backbone!r} for Dilation8; available: vgg16")
+        check_model_options(
+            "Dilation8", backbone, ("vgg16",), keep_prob, width_mult, pretrained, backbone_weights
+        )
         pools: list[nn.Module] = [nn.MaxPool2d(2, stride=2) for _ in range(3)]
         pools += [nn.Identity(), nn.Identity()]
         self.features = vgg16_trunk(width_mult, pools=pools, dilations=(1, 1, 1, 1, 2))

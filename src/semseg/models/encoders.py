@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
+from semseg.models.trunk import check_model_options
 from semseg.models.vgg import EncoderFeatures, VGG16Encoder, load_state_dict_file
 
 TAP_STRIDES = (8, 16, 32)
@@ -337,19 +338,13 @@ def build_encoder(
     backbone_weights: str | Path | None = None,
 ) -> AnyEncoder:
     """Encoder ``name``, from scratch, with ImageNet weights or with a local state dict."""
-    if name not in _ENCODERS:
-        raise SemsegError(f"unknown backbone {name!r} for FCN; available: {', '.join(_ENCODERS)}")
-    if not 0.0 < keep_prob <= 1.0:
-        raise SemsegError(f"keep_prob must be in (0, 1], got {keep_prob}")
-    if width_mult <= 0:
-        raise SemsegError(f"width_mult must be positive, got {width_mult}")
-    if pretrained and backbone_weights:
-        raise SemsegError("give either --pretrained or --backbone-weights, not both")
-    state_dict = None  # read before building: a missing file fails fast
-    if backbone_weights:
+    state_dict = None  # read first: a missing or broken file is the error a user sees
+    if backbone_weights and not pretrained:
         state_dict = load_state_dict_file(backbone_weights)
-    if (pretrained or backbone_weights) and width_mult != 1.0:
-        raise SemsegError(f"{name} ImageNet weights need width_mult 1.0, got {width_mult}")
+    check_model_options(
+        "FCN", name, tuple(_ENCODERS), keep_prob, width_mult, pretrained, backbone_weights,
+        weights_name=name,
+    )  # fmt: skip
     if pretrained:
         state_dict = imagenet_state_dict(name)
     encoder = _ENCODERS[name][0](keep_prob, width_mult)

@@ -11,15 +11,13 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from semseg.errors import SemsegError
 from semseg.models.base import SegmentationModel
 from semseg.models.receptive_field import Layer, layers_of, upsample
 from semseg.models.registry import register_model
 from semseg.models.trunk import (
     VGG16_BLOCKS,
     backbone_state_dict,
-    check_backbone_options,
-    check_common_options,
+    check_model_options,
     load_trunk,
     vgg16_trunk,
 )
@@ -91,10 +89,10 @@ class SegNet(SegmentationModel):
         backbone: str = "vgg16_bn",
     ) -> None:
         super().__init__(num_classes)
-        check_common_options(keep_prob, width_mult)
-        check_backbone_options(pretrained, backbone_weights, width_mult, batch_norm=True)
-        if backbone not in BACKBONES:
-            raise SemsegError(f"unknown backbone {backbone!r} for SegNet; available: vgg16_bn")
+        check_model_options(
+            "SegNet", backbone, BACKBONES, keep_prob, width_mult, pretrained, backbone_weights,
+            batch_norm=True,
+        )  # fmt: skip
         pools = [
             nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True) for _ in range(VGG16_BLOCKS)
         ]

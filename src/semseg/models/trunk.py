@@ -108,19 +108,45 @@ def check_backbone_options(
     backbone_weights: str | Path | None,
     width_mult: float,
     batch_norm: bool = False,
+    weights_name: str | None = None,
 ) -> bool:
     """Whether weights are to be loaded; a SemsegError for combinations that cannot work.
 
     Models call it before building their layers, so a bad combination fails at once.
+    ``weights_name`` names the weights in that error (default: VGG16 or VGG16-BN).
     """
     if pretrained and backbone_weights:
         raise SemsegError("give either --pretrained or --backbone-weights, not both")
     if not (pretrained or backbone_weights):
         return False
     if width_mult != 1.0:
-        name = "VGG16-BN" if batch_norm else "VGG16"
+        name = weights_name or ("VGG16-BN" if batch_norm else "VGG16")
         raise SemsegError(f"ImageNet {name} weights need width_mult 1.0, got {width_mult}")
     return True
+
+
+def check_model_options(
+    model: str,
+    backbone: str,
+    available: Sequence[str],
+    keep_prob: float,
+    width_mult: float,
+    pretrained: bool,
+    backbone_weights: str | Path | None,
+    batch_norm: bool = False,
+    weights_name: str | None = None,
+) -> bool:
+    """The checks every model constructor runs before building a layer: a known ``backbone``
+    for ``model``, a valid keep_prob and width, and weights that can load at that width.
+    Returns whether weights are to be loaded."""
+    if backbone not in available:
+        raise SemsegError(
+            f"unknown backbone {backbone!r} for {model}; available: {', '.join(available)}"
+        )
+    check_common_options(keep_prob, width_mult)
+    return check_backbone_options(
+        pretrained, backbone_weights, width_mult, batch_norm, weights_name
+    )
 
 
 def backbone_state_dict(
@@ -177,4 +203,3 @@ def gaussian_conv_(layer: nn.Conv2d, std: float) -> nn.Conv2d:
     nn.init.normal_(layer.weight, std=std)
     nn.init.zeros_(layer.bias)
     return layer
-
