@@ -339,7 +339,7 @@ def run_planned(planned: Sequence[Planned], args: argparse.Namespace) -> list[Re
 def run_in_children(todo: Sequence[Planned], args: argparse.Namespace, folder: Path) -> None:
     """``--jobs N``: each entry in a child process of this script (``--only NAME``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    threads = threads_per_job(args.jobs)
+    threads = args.threads  # parse_args: --threads, or cores // jobs
     waiting, running = list(todo), []
     while waiting or running:
         while waiting and len(running) < args.jobs:
