@@ -46,7 +46,8 @@ def test_demo_config_loads_and_validates() -> None:
     assert config.data.kind == "synthetic"
     assert config.data.synthetic_size == [188, 621]
     assert config.model.width_mult == 0.25 and config.model.keep_prob == 1.0
-    assert config.train.epochs == 16 and config.train.max_time_s == 600.0
+    # the demo stops by epochs only: its quality does not depend on how busy the machine is
+    assert config.train.epochs == 16 and config.train.max_time_s is None
     validate(config)
     assert {"demo", "kitti_fcn8s"} <= set(packaged_config_names())
     # the name with .yaml resolves to the packaged file too
