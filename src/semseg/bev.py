@@ -1,28 +1,39 @@
-"""The KITTI road benchmark's bird's-eye view (BEV), reimplemented from its specification.
+"""The KITTI road benchmark's bird's-eye view (BEV), with the devkit's exact sampling convention.
 
-Fritsch, Kuehnl & Geiger (ITSC 2013) rank road detectors in a metric top view of the road plane:
+Fritsch, Kuehnl & Geiger (ITSC 2013) rank road detectors in a metric top view of the road plane.
+The benchmark warps its ground truth (and users warp their results) with the road devkit's
+``BirdsEyeView`` transform; this module reproduces that transform cell for cell, including its
+float32 grid and its 1-based pixel convention, so that a warped result lines up with the
+benchmark's own BEV ground truth:
 
 * **Grid.** 0.05 m cells; lateral ``x`` from -10 to 10 m (400 cells), forward ``z`` from 6 to
   46 m (800 cells). A BEV image is **400 wide x 800 high**, i.e. a numpy array of shape
   ``(800, 400)``: rows run along ``z`` with the *far* edge (``z = 46`` m) at row 0 and the near
   edge (``z = 6`` m) at the bottom row, columns run along ``x`` with ``x = -10`` m (left) at
-  column 0. The centre of cell ``(row i, column j)`` is ``x = -10 + (j + 0.5) * 0.05`` and
-  ``z = 46 - (i + 0.5) * 0.05`` (see :class:`BevGrid`).
+  column 0. The centre of cell ``(row i, column j)`` is ``x = -10 + 0.025 + j * 0.05`` and
+  ``z = 46 - 0.025 - i * 0.05``, rounded to float32 as the devkit does (see :class:`BevGrid`).
 * **Road plane.** The road frame has ``Y = 0`` on the road. A road point ``(x, 0, z, 1)`` goes to
   camera 0 by ``inv(Tr_cam_to_road)``, is rectified by ``R0_rect`` and projected by ``P2`` (all
   as 4x4 / 3x4 homogeneous matrices): ``(u w, v w, w) = P2 @ R0_rect @ inv(Tr_cam_to_road) @
   (x, 0, z, 1)``. Dropping the ``Y`` column leaves a 3x3 homography from ``(x, z, 1)`` to the
-  image (:func:`road_homography`).
-* **Sampling.** Each cell samples the perspective image at the projection of its centre. Pixel
-  centres sit at integer coordinates (``u`` = column, ``v`` = row, 0-based), so the nearest pixel
-  is ``(floor(v + 0.5), floor(u + 0.5))``. A cell whose centre projects behind the camera
-  (``w <= 0``) or whose nearest pixel lies outside the image stays **empty**: ``inside`` is
-  False, ground truth there is outside the valid area and predictions have confidence 0.
-  Nearest-neighbour sampling is the default and the only choice for ground truth and labels (it
-  never blends colours or classes); probability maps may use ``method="bilinear"`` (the four
-  pixels around the projected point, clamped at the image border; still empty where the nearest
-  pixel is outside). ``semseg evaluate --space bev`` and ``semseg kitti-submission`` use nearest
-  sampling throughout, so a warped probability and the warped ground truth see the same pixels.
+  image (:func:`road_homography`), applied in float64 to the float32 cell centres.
+* **Sampling (the devkit's convention).** A cell is **inside** when its projection satisfies
+  ``1 <= u <= W`` and ``1 <= v <= H`` (``u`` = column, ``v`` = row, ``(H, W)`` the image size) and
+  then takes the 0-based pixel ``(row, column) = (int(v) - 1, int(u) - 1)``, i.e. the devkit's
+  1-based indexing of ``P2``'s 0-based coordinates. Every other cell stays **empty**:
+  ``inside`` is False, ground truth there is outside the valid area and predictions have
+  confidence 0. Cells behind the camera (``w <= 0``) are empty too; the benchmark's grid
+  (``z >= 6`` m) never reaches behind a KITTI camera, so this only matters for other grids.
+  Nearest sampling is the default and the only choice for ground truth and labels (it never
+  blends colours or classes); probability maps may use ``method="bilinear"``, which
+  interpolates around ``(u - 1.5, v - 1.5)`` (the centre of the pixel the devkit picks is at
+  ``u = column + 1.5``), clamped at the image border, still empty where nearest is empty.
+  ``semseg evaluate --space bev`` and ``semseg kitti-submission`` use nearest sampling
+  throughout, so a warped probability and the warped ground truth see the same pixels.
+
+A calibration whose road-to-image homography is singular (``P2`` all zero, a collapsed
+rotation, a camera in the road plane) or that shows no cell of the grid in the image is refused
+with a :class:`~semseg.errors.SemsegError` naming the calibration file.
 
 The transform only depends on the calibration and the image size, so a :class:`BevLookup` is
 computed once and reused for every map of that camera (:class:`LookupCache`). The calibration is
@@ -68,12 +79,22 @@ class BevGrid:
         return self.height, self.width
 
     def x_centres(self) -> np.ndarray:
-        """Lateral position (m) of each column's centre, left (negative x) to right."""
-        return self.x_range[0] + (np.arange(self.width) + 0.5) * self.resolution
+        """Lateral position (m, float32) of each column's centre, left (negative x) to right.
+
+        ``x_min + res / 2``, then steps of ``res``, rounded to float32 like the devkit's grid.
+        """
+        start, stop = self.x_range
+        centres = np.arange(start + self.resolution / 2, stop, self.resolution)
+        return centres[: self.width].astype(np.float32)
 
     def z_centres(self) -> np.ndarray:
-        """Forward distance (m) of each row's centre, far (row 0) to near."""
-        return self.z_range[1] - (np.arange(self.height) + 0.5) * self.resolution
+        """Forward distance (m, float32) of each row's centre, far (row 0) to near.
+
+        ``z_max - res / 2``, then steps of ``-res``, rounded to float32 like the devkit's grid.
+        """
+        stop, start = self.z_range
+        centres = np.arange(start - self.resolution / 2, stop, -self.resolution)
+        return centres[: self.height].astype(np.float32)
 
     def cell_of(
         self, x: np.ndarray | float, z: np.ndarray | float
@@ -117,8 +138,18 @@ def road_to_image_matrix(calib: KittiCalib) -> np.ndarray:
 
 
 def road_homography(calib: KittiCalib) -> np.ndarray:
-    """3x3 homography from road-plane ``(x, z, 1)`` (``Y = 0``) to image ``(u w, v w, w)``."""
-    return road_to_image_matrix(calib)[:, [0, 2, 3]]
+    """3x3 homography from road-plane ``(x, z, 1)`` (``Y = 0``) to image ``(u w, v w, w)``.
+
+    A singular homography (the road plane collapses to a line or a point in the image: ``P2``
+    all zero, a degenerate rotation, a camera in the road plane) is a SemsegError.
+    """
+    homography = road_to_image_matrix(calib)[:, [0, 2, 3]]
+    if not np.all(np.isfinite(homography)) or np.linalg.matrix_rank(homography) < 3:
+        raise SemsegError(
+            f"{calib.source}: degenerate calibration: the road plane does not map onto the "
+            "image (P2 @ R0_rect @ inv(Tr_cam_to_road) is singular)"
+        )
+    return homography
 
 
 def project_road_points(
@@ -128,12 +159,9 @@ def project_road_points(
 
     ``u``/``v`` are NaN where ``w <= 0`` (the point is behind the camera).
     """
-    x = np.asarray(x, dtype=np.float64)
-    z = np.asarray(z, dtype=np.float64)
-    h = road_homography(calib)
-    uw = h[0, 0] * x + h[0, 1] * z + h[0, 2]
-    vw = h[1, 0] * x + h[1, 1] * z + h[1, 2]
-    w = h[2, 0] * x + h[2, 1] * z + h[2, 2]
+    x, z = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(z, dtype=np.float64))
+    points = np.stack([x.ravel(), z.ravel(), np.ones(x.size)])
+    uw, vw, w = (row.reshape(x.shape) for row in road_homography(calib) @ points)
     ahead = w > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.where(ahead, uw / np.where(ahead, w, 1.0), np.nan)
@@ -145,9 +173,10 @@ def project_road_points(
 class BevLookup:
     """Where every BEV cell samples a perspective image of ``image_size = (height, width)``.
 
-    ``u``/``v`` (float, NaN behind the camera) are the projected cell centres; ``inside`` marks
-    cells whose nearest pixel lies in the image; ``pixel`` is that pixel's flat index
-    ``row * width + column`` (0 where not inside).
+    ``u``/``v`` (float64, NaN behind the camera) are the projected cell centres; ``inside``
+    marks cells with ``1 <= u <= width`` and ``1 <= v <= height`` (the devkit's test); ``pixel``
+    is the flat index ``row * width + column`` of the pixel they sample, ``row = int(v) - 1``,
+    ``column = int(u) - 1`` (0 where not inside).
     """
 
     grid: BevGrid
@@ -171,7 +200,7 @@ class BevLookup:
         return image
 
     def nearest(self, image: np.ndarray, fill: float | int = 0) -> np.ndarray:
-        """Nearest-neighbour BEV of an ``(H, W)`` or ``(H, W, C)`` map (dtype kept)."""
+        """BEV of an ``(H, W)`` or ``(H, W, C)`` map by the devkit's sampling (dtype kept)."""
         image = self._check(image)
         flat = image.reshape((-1,) + image.shape[2:])
         out = flat[self.pixel]
@@ -182,8 +211,9 @@ class BevLookup:
         """Bilinear BEV (float32) of an ``(H, W)`` or ``(H, W, C)`` map; empty cells ``fill``."""
         image = self._check(image)
         height, width = self.image_size
-        u = np.where(self.inside, self.u, 0.0)
-        v = np.where(self.inside, self.v, 0.0)
+        # the pixel the devkit picks, int(u) - 1, has its centre at u = column + 1.5
+        u = np.where(self.inside, self.u - 1.5, 0.0)
+        v = np.where(self.inside, self.v - 1.5, 0.0)
         u = np.clip(u, 0.0, width - 1.0)
         v = np.clip(v, 0.0, height - 1.0)
         u0 = np.minimum(np.floor(u).astype(np.int64), width - 1)
@@ -228,19 +258,27 @@ class BevLookup:
 def bev_lookup(
     calib: KittiCalib, image_size: tuple[int, int], grid: BevGrid = KITTI_BEV_GRID
 ) -> BevLookup:
-    """The look-up table of ``grid`` for images of ``image_size = (height, width)``."""
+    """The look-up table of ``grid`` for images of ``image_size = (height, width)``.
+
+    The devkit's convention (module docstring): float32 cell centres, inside where
+    ``1 <= u <= width`` and ``1 <= v <= height``, pixel ``(int(v) - 1, int(u) - 1)``. A
+    calibration that shows no cell of the grid in the image is a SemsegError naming it.
+    """
     height, width = (int(s) for s in image_size)
     if height <= 0 or width <= 0:
         raise SemsegError(f"image size must be positive, got {width}x{height}")
-    x = grid.x_centres()[None, :]
-    z = grid.z_centres()[:, None]
-    x, z = np.broadcast_arrays(x, z)
+    x, z = np.meshgrid(grid.x_centres(), grid.z_centres())
     u, v, _ = project_road_points(calib, x, z)
     with np.errstate(invalid="ignore"):
-        column = np.floor(u + 0.5)
-        row = np.floor(v + 0.5)
-        inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
-    pixel = np.where(inside, row * width + column, 0).astype(np.int64)
+        inside = (u >= 1) & (u <= width) & (v >= 1) & (v <= height)
+    if not inside.any():
+        raise SemsegError(
+            f"{calib.source}: degenerate calibration: no cell of the bird's-eye view falls "
+            f"inside a {width}x{height} image"
+        )
+    column = np.where(inside, u, 1.0).astype(np.int64) - 1  # int() truncates; u >= 1 here
+    row = np.where(inside, v, 1.0).astype(np.int64) - 1
+    pixel = np.where(inside, row * width + column, 0)
     return BevLookup(grid, (height, width), u, v, inside, pixel)
 
 

@@ -1,16 +1,17 @@
 """``semseg kitti-submission``: the KITTI road benchmark's test-set results, ready to upload.
 
 For every ``testing/image_2/{um,umm,uu}_NNNNNN.png`` the model's road probability is warped to
-the benchmark's bird's-eye view (:mod:`semseg.bev`, nearest-neighbour sampling) with
-``testing/calib/{cat}_NNNNNN.txt`` and written as an 8-bit confidence PNG (0..255, 400 wide x
-800 high, 0 where the cell is outside the camera's view)::
+the benchmark's bird's-eye view (:mod:`semseg.bev`: the road devkit's own transform and pixel
+convention, nearest sampling) with ``testing/calib/{cat}_NNNNNN.txt`` and written as an 8-bit
+confidence PNG (0..255, 400 wide x 800 high, 0 where the cell is outside the camera's view)::
 
     OUT/bev/um_road_000000.png ...
     OUT/kitti_road_submission.zip      the same files at the top level of the archive
 
 KITTI's upload wants the result files in the root of the zip, not in a folder. Every file is
-written atomically. A test image without a readable calib file (or with a name that is not
-``{um,umm,uu}_NNNNNN``) is an error naming it, or, with ``skip_bad``, skipped with one counted
+written atomically. A test image without a readable calib file, with a degenerate one (no cell
+of the bird's-eye view in the image) or with a name that is not ``{um,umm,uu}_NNNNNN`` is an
+error naming it, found before any inference, or, with ``skip_bad``, skipped with one counted
 warning.
 """
 
@@ -21,13 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from semseg.bev import KITTI_BEV_GRID, LookupCache
 from semseg.data.calib import KittiCalib, read_calib
 from semseg.data.kitti import NAME_PATTERN, kitti_gt_name
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.predictor import Predictor, confidence_levels
-from semseg.io import atomic_open, list_images, read_rgb, write_png_atomic
+from semseg.io import atomic_open, first_line, list_images, read_rgb, write_png_atomic
 
 ZIP_NAME = "kitti_road_submission.zip"
 ZIP_TIMESTAMP = (2013, 1, 1, 0, 0, 0)  # fixed, so the same results give the same archive
@@ -65,6 +68,7 @@ def submission_inputs(
 ) -> list[SubmissionInput]:
     """Every KITTI-named test image with its parsed calibration, checked before any inference."""
     testing = find_testing_root(data_root)
+    lookups = LookupCache(KITTI_BEV_GRID)
     items: list[SubmissionInput] = []
     problems: list[str] = []
     for path in list_images(testing / "image_2"):
@@ -75,6 +79,7 @@ def submission_inputs(
             calib = read_calib(testing / "calib" / f"{path.stem}.txt")
             if skip_bad:
                 read_rgb(path)  # an unreadable image is skipped too, before any inference
+            lookups.get(calib, image_size(path))  # refuses a calibration that shows no cell
         except SemsegError as error:
             problems.append(f"{path.name}: {error}")
             continue
@@ -88,6 +93,16 @@ def submission_inputs(
     if not items:
         raise SemsegError(f"no test image with a calib file in {testing}")
     return items
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header (no decoding)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise SemsegError(f"cannot read image {path}: {first_line(error)}") from error
+    return height, width
 
 
 def write_submission(

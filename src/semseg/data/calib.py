@@ -11,7 +11,8 @@ benchmark's files hold::
 
 The bird's-eye view needs ``P2``, ``R0_rect`` and ``Tr_cam_to_road``; a file without one of them,
 with a wrong count of numbers for a known key, a non-numeric or non-finite value, a repeated key
-or a line without ``KEY:`` is refused with a :class:`~semseg.errors.SemsegError` naming the file.
+or a line without ``KEY:`` is refused with a :class:`~semseg.errors.SemsegError` naming the file,
+and so is a degenerate one (:data:`BEV_KEYS` whose 3x3 part is singular, e.g. ``P2`` all zero).
 Unknown keys are kept as flat arrays (other KITTI calib flavours add their own).
 
 Results and ground truth are named ``um_road_000000`` (or ``um_lane_000000``); their image and
@@ -114,7 +115,19 @@ def parse_calib(
     missing = [key for key in required if key not in matrices]
     if missing:
         raise SemsegError(f"{source}: no {', '.join(missing)} in the calibration file")
+    check_not_degenerate(matrices, source, [key for key in required if key in BEV_KEYS])
     return KittiCalib(matrices, source)
+
+
+def check_not_degenerate(matrices: dict[str, np.ndarray], source: str, keys: list[str]) -> None:
+    """Refuse a matrix of ``keys`` whose 3x3 part (camera, rotation) is singular, e.g. all zero."""
+    for key in keys:
+        rank = int(np.linalg.matrix_rank(matrices[key][:, :3]))
+        if rank < 3:
+            raise SemsegError(
+                f"{source}: degenerate calibration: {key} is singular "
+                f"(its 3x3 part has rank {rank})"
+            )
 
 
 def read_calib(path: str | Path, required: tuple[str, ...] = BEV_KEYS) -> KittiCalib:
