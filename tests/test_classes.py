@@ -20,6 +20,7 @@ from semseg.data.folder import (
     read_folder_sample,
     split_names,
 )
+from semseg.data.multiclass import class_table_for, detect_kind, sample_reader, train_val_samples
 from semseg.errors import SemsegError
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -137,8 +138,10 @@ def test_split_layout(tmp_path: Path) -> None:
         index_folder_split(root, "test")
     with pytest.raises(SemsegError, match="--split must be one of train, val, test"):
         index_folder_split(root, "holdout")
-    table = load_class_table(find_class_table(root))
-    _, mask = read_folder_sample(splits["val"][0], 3, table)
+    given = train_val_samples("folder", root)
+    assert [s.name for s in given["val"]] == ["c"] and detect_kind(root) == "folder"
+    table = class_table_for("folder", root)
+    _, mask = sample_reader("folder", 3, table)(splits["val"][0])
     assert (mask == 255).all()  # value 1 is the ignored entry
 
 
@@ -149,6 +152,8 @@ def test_split_layout_name_clash_and_missing_val(tmp_path: Path) -> None:
     only_train = make_split_folder(tmp_path / "t", {"train": ["a"]})
     with pytest.raises(SemsegError, match="needs train/ and val/"):
         split_names(folder_splits(only_train))
+    with pytest.raises(SemsegError, match="needs both train/ and val/ folders for training"):
+        train_val_samples("folder", only_train)
     with pytest.raises(SemsegError, match="not found"):
         folder_splits(tmp_path / "missing")
 

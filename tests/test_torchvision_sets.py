@@ -8,6 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semseg.data.multiclass import (
+    class_table_for,
+    detect_kind,
+    sample_reader,
+    split_samples,
+    train_val_samples,
+)
 from semseg.data.torchvision_sets import (
     cityscapes_class_table,
     cityscapes_samples,
@@ -122,3 +129,31 @@ def test_cityscapes_reader(tmp_path: Path) -> None:
     save(train[0].target_path, np.array([[40, 7], [7, 7]], np.uint8))
     with pytest.raises(SemsegError, match="value 40 is not a Cityscapes label id"):
         read_cityscapes_sample(train[0])
+
+
+def test_one_entry_point_for_the_multiclass_kinds(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path / "voc")
+    cs = make_cityscapes(tmp_path / "cs")
+    assert detect_kind(voc) == "voc" and detect_kind(cs) == "cityscapes"
+    assert detect_kind(tmp_path) is None
+    assert class_table_for("voc", voc).num_classes == 21
+    assert class_table_for("cityscapes", cs).names[0] == "road"
+    splits = train_val_samples("cityscapes", cs)
+    assert [len(splits["train"]), len(splits["val"])] == [2, 1]
+    assert [s.name for s in split_samples("voc", voc, "val")] == ["2007_000039"]
+    read = sample_reader("voc", 21, None)
+    _, mask = read(split_samples("voc", voc, "val")[0])
+    np.testing.assert_array_equal(mask, [[19, 19, 0], [0, 255, 255]])
+    with pytest.raises(SemsegError, match="cityscapes has 19 classes, but model.num_classes=11"):
+        sample_reader("cityscapes", 11, None)
+    # a flat folder has no given validation split; a split folder does
+    flat = tmp_path / "flat"
+    save(flat / "images" / "a.png", np.zeros((2, 2, 3), np.uint8))
+    save(flat / "masks" / "a.png", np.zeros((2, 2), np.uint8))
+    assert detect_kind(flat) == "folder" and train_val_samples("folder", flat) is None
+    assert class_table_for("folder", flat) is None
+    with pytest.raises(SemsegError, match="--split val: .* has no train/, val/ or test/"):
+        split_samples("folder", flat, "val")
+    table = tmp_path / "t.yaml"
+    table.write_text("classes:\n  - {name: a, color: [1, 2, 3]}\n")
+    assert class_table_for("folder", flat, table).names == ["a"]
