@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from semseg.errors import SemsegError
 from semseg.tasks.balancing import (
@@ -14,6 +16,7 @@ from semseg.tasks.balancing import (
     median_frequency_weights,
     save_class_weights,
 )
+from semseg.tasks.recipe import segmentation_loss
 
 V = 255
 
@@ -52,3 +55,16 @@ def test_weights_file_round_trip(tmp_path: Path) -> None:
         load_class_weights(path)
     with pytest.raises(SemsegError, match="not found"):
         load_class_weights(tmp_path / "none.json")
+
+
+def test_class_weights_weight_the_cross_entropy_by_hand() -> None:
+    # three pixels: class 0 with logits (2, 0), class 1 with logits (0, 0), one void pixel
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [5.0, -5.0]]).T.reshape(1, 2, 1, 3)
+    target = torch.tensor([[[0, 1, V]]])
+    loss_a, loss_b = math.log(1 + math.exp(-2)), math.log(2)
+    weights = torch.tensor([1.0, 3.0])
+    expected = (1.0 * loss_a + 3.0 * loss_b) / (1.0 + 3.0)  # PyTorch: weighted mean
+    value = segmentation_loss(logits, target, "ce", V, class_weights=weights).item()
+    assert value == pytest.approx(expected, rel=1e-6)
+    plain = segmentation_loss(logits, target, "ce", V).item()
+    assert plain == pytest.approx((loss_a + loss_b) / 2, rel=1e-6)
