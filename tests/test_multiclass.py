@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from semseg.metrics.multiclass import (
     confusion_matrix,
     predictions_at,
     scores_from_confusion,
+    write_multiclass_outputs,
 )
 
 V = 255  # void
@@ -85,3 +87,19 @@ def test_full_resolution_update_upsamples_the_logits() -> None:
     metric = ConfusionMatrix(3)
     metric.update_full_resolution(logits, target)
     assert metric.compute().tolist() == [[3, 0, 0], [0, 3, 0], [1, 0, 0]]
+
+
+def test_update_arrays_and_evaluation_outputs(tmp_path: Path) -> None:
+    metric = ConfusionMatrix(3)
+    metric.update_arrays(PRED1, GT1)
+    metric.update_arrays(PRED2.astype(np.uint8), GT2.astype(np.uint8))
+    assert metric.compute().tolist() == accumulated().compute().tolist()
+    names = ["sky", "road", "car"]
+    scores = write_multiclass_outputs(tmp_path / "eval", metric.compute(), names)
+    assert scores.miou == pytest.approx(100 * (7 / 9 + 3 / 5 + 1 / 3) / 3)
+    payload = json.loads((tmp_path / "eval" / "multiclass.json").read_text())
+    assert payload["confusion"] == [[7, 1, 0], [0, 3, 1], [1, 0, 1]]
+    assert payload["per_class"]["road"]["accuracy"] == 75.0 and payload["classes"] == names
+    assert "| car | 33.33 | 50.00 |" in (tmp_path / "eval" / "multiclass.md").read_text()
+    for figure in ("confusion.png", "class_iou.png"):
+        assert (tmp_path / "eval" / figure).stat().st_size > 1000

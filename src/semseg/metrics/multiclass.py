@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semseg.config import IGNORE_INDEX
+from semseg.io import write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
         """Scores ``logits (N, C, h, w)`` against ``target (N, H, W)`` at the target's size."""
         self.update(predictions_at(logits, tuple(target.shape[-2:])), target)
 
+    def update_arrays(self, labels: np.ndarray, mask: np.ndarray) -> None:
+        """One image: predicted class ids ``(H, W)`` against its ground truth ``(H, W)``."""
+        self.update(
+            torch.as_tensor(np.asarray(labels, dtype=np.int64))[None],
+            torch.as_tensor(np.asarray(mask, dtype=np.int64))[None],
+        )
+
     def scores(self) -> MulticlassScores:
         return scores_from_confusion(self.compute())
 
@@ -151,10 +160,34 @@ def confusion_matrix(
     return metric.compute().numpy()
 
 
+def write_multiclass_outputs(
+    out_dir: str | Path,
+    matrix: np.ndarray | Tensor,
+    names: Sequence[str],
+    colours: np.ndarray | None = None,
+    title: str = "",
+) -> MulticlassScores:
+    """Everything a multi-class evaluation writes, atomically, into ``out_dir``:
+    ``multiclass.json`` (scores, per class, and the raw confusion matrix), ``multiclass.md``
+    (the per-class table), ``confusion.png`` and ``class_iou.png``."""
+    from semseg.metrics.figures import plot_class_iou, plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    counts = np.asarray(matrix.cpu() if isinstance(matrix, Tensor) else matrix, dtype=np.int64)
+    scores = scores_from_confusion(counts)
+    payload = {**scores.as_dict(names), "classes": list(names), "confusion": counts.tolist()}
+    write_json_atomic(out_dir / "multiclass.json", payload)
+    write_text_atomic(out_dir / "multiclass.md", scores.markdown(names))
+    plot_confusion_matrix(counts, names, out_dir / "confusion.png", title=title)
+    plot_class_iou(scores.iou, names, out_dir / "class_iou.png", colours=colours, title=title)
+    return scores
+
+
 __all__ = [
     "ConfusionMatrix",
     "MulticlassScores",
     "confusion_matrix",
     "predictions_at",
     "scores_from_confusion",
+    "write_multiclass_outputs",
 ]
