@@ -57,9 +57,6 @@ def test_table_order_ids_and_ignore(tmp_path: Path) -> None:
     assert table.ignored_values() == [1, 255]
     with pytest.raises(SemsegError, match=r"m\.png: mask value 4 is neither a class nor ignored"):
         table.decode_index(np.array([[0, 4]], dtype=np.uint8), "m.png")
-    palette = table.palette()
-    assert palette.shape == (256, 3) and palette[1].tolist() == [128, 64, 128]
-    assert palette[255].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize(

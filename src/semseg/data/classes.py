@@ -85,12 +85,6 @@ class ClassTable:
         """The index-mask values that mean "ignore" (always including 255)."""
         return [int(v) for v in np.flatnonzero(self.index_lut == IGNORE_INDEX)]
 
-    def palette(self, ignore_colour: Sequence[int] = (0, 0, 0)) -> np.ndarray:
-        """``(256, 3)`` uint8 colours by training id, ``ignore_colour`` for every other value."""
-        table = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (256, 1))
-        table[: self.num_classes] = self.colours
-        return table
-
 
 def class_table_from_entries(entries: object, source: str = "class table") -> ClassTable:
     """A :class:`ClassTable` from the ``classes`` list of a table (see module docstring)."""
