@@ -69,6 +69,7 @@ class TrainConfig:
     min_lr_factor: float = 0.0  # cosine/poly decay to lr * this
     loss: str = "ce"  # ce | ce_dice | ce_lovasz (cross-entropy plus soft Dice or Lovasz-softmax)
     loss_weight: float = 1.0  # weight of the Dice / Lovasz term
+    class_weights: str | None = None  # null | median_frequency (cross-entropy class weights)
     grad_clip: float | None = None  # clip the gradient norm to this (Trainer gradient_clip_val)
     seed: int = 0
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
@@ -244,6 +245,10 @@ def validate(config: Config) -> Config:
         raise SemsegError("train.warmup_epochs must be >= 0 and train.min_lr_factor in [0, 1]")
     if train.loss not in ("ce", "ce_dice", "ce_lovasz") or train.loss_weight < 0:
         raise SemsegError(f"train.loss must be ce, ce_dice or ce_lovasz, got {train.loss!r}")
+    if train.class_weights not in (None, "median_frequency"):
+        raise SemsegError(
+            f"train.class_weights must be null or median_frequency, got {train.class_weights!r}"
+        )
     if train.clock not in ("wall", "cpu"):
         raise SemsegError(f"train.clock must be wall or cpu, got {train.clock!r}")
     if train.grad_clip is not None and train.grad_clip <= 0:

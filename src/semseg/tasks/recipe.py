@@ -126,10 +126,16 @@ def lovasz_softmax(logits: Tensor, target: Tensor, ignore_index: int = 255) -> T
 
 
 def segmentation_loss(
-    logits: Tensor, target: Tensor, loss: str, ignore_index: int, weight: float = 1.0
+    logits: Tensor,
+    target: Tensor,
+    loss: str,
+    ignore_index: int,
+    weight: float = 1.0,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
-    """``ce``, ``ce_dice`` or ``ce_lovasz`` of ``logits (N, C, H, W)`` against ``target``."""
-    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    """``ce``, ``ce_dice`` or ``ce_lovasz`` of ``logits (N, C, H, W)`` against ``target``;
+    ``class_weights`` ``(C,)`` (e.g. median-frequency) weight the cross-entropy term only."""
+    ce = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index)
     if loss == "ce":
         return ce
     if (target != ignore_index).sum() == 0:
