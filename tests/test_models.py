@@ -21,7 +21,8 @@ from semseg.errors import SemsegError
 from semseg.models import build_model, list_models
 from semseg.models.base import bilinear_kernel, bilinear_upsampler, crop_like
 from semseg.models.fcn import FCN, count_parameters
-from semseg.models.vgg import VGG16Encoder, imagenet_vgg16_state_dict
+from semseg.models.encoders import VGGEncoder
+from semseg.models.weights import imagenet_state_dict
 
 MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
 SMALL = 0.125  # width multiplier of the fast models
@@ -221,14 +222,17 @@ def test_backbone_weights_missing_keys_is_semseg_error(
 
 
 def test_backbone_weights_bad_files(tmp_path: Path) -> None:
+    # Width 1 (the only one weights load at): the file is read before any layer is built.
     with pytest.raises(SemsegError, match="not found"):
-        build_model("fcn8s", 2, width_mult=SMALL, backbone_weights=str(tmp_path / "nope.pth"))
+        build_model("fcn8s", 2, backbone_weights=str(tmp_path / "nope.pth"))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(SemsegError, match="not a torch state dict"):
+        build_model("fcn8s", 2, backbone_weights=str(junk))
+    with pytest.raises(SemsegError, match="width_mult 1.0"):
         build_model("fcn8s", 2, width_mult=SMALL, backbone_weights=str(junk))
     with pytest.raises(SemsegError, match="width_mult 1.0"):
-        VGG16Encoder(width_mult=SMALL).load_torchvision_state_dict({})
+        VGGEncoder(width_mult=SMALL).load_torchvision_state_dict({})
     with pytest.raises(SemsegError, match="not both"):
         build_model("fcn8s", 2, pretrained=True, backbone_weights=str(junk))
 
@@ -275,7 +279,7 @@ def test_weights_api_download_failure_is_semseg_error(
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(SemsegError, match="--backbone-weights"):
-        imagenet_vgg16_state_dict()
+        imagenet_state_dict("VGG16_Weights", "VGG16")
     assert len(urls) == 1 and "vgg16" in urls[0]
     assert no_network == []
 

@@ -12,24 +12,11 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.models import encoders
 from semseg.models.base import SegmentationModel, bilinear_upsampler, crop_like
-from semseg.models.encoders import AnyEncoder
+from semseg.models.encoders import build_encoder
 from semseg.models.registry import register_model
 
 FINAL_STRIDE = {"32s": 32, "16s": 16, "8s": 8}
-
-
-def build_encoder(
-    keep_prob: float,
-    width_mult: float,
-    pretrained: bool,
-    backbone_weights: str | Path | None,
-    backbone: str = "vgg16",
-) -> AnyEncoder:
-    """Encoder ``backbone`` (see :mod:`semseg.models.encoders`: vgg16, vgg16_bn, resnet18/34/50,
-    mobilenet_v3_large), optionally with ImageNet weights (download) or a local state dict."""
-    return encoders.build_encoder(backbone, keep_prob, width_mult, pretrained, backbone_weights)
 
 
 def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -40,6 +27,9 @@ def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
     return layer
 
 
+@register_model("fcn32s", variant="32s")
+@register_model("fcn16s", variant="16s")
+@register_model("fcn8s", variant="8s")
 class FCN(SegmentationModel):
     """FCN-32s / FCN-16s / FCN-8s (Long et al., CVPR 2015) on a VGG16 (or another) encoder.
 
@@ -67,7 +57,7 @@ class FCN(SegmentationModel):
         if variant not in FINAL_STRIDE:
             raise SemsegError(f"unknown FCN variant {variant!r}")
         self.variant = variant
-        self.encoder = build_encoder(keep_prob, width_mult, pretrained, backbone_weights, backbone)
+        self.encoder = build_encoder(backbone, keep_prob, width_mult, pretrained, backbone_weights)
         self.score_fr = zero_conv1x1(self.encoder.fc7_channels, num_classes)
         if variant in ("16s", "8s"):
             self.score_pool4 = zero_conv1x1(self.encoder.pool4_channels, num_classes)
@@ -90,6 +80,7 @@ class FCN(SegmentationModel):
         return crop_like(self.upscore_final(score), x, offset=self.final_stride // 2)
 
 
+@register_model("fcn8s-seed")
 class FCN8sSeed(SegmentationModel):
     """The reference exercise's FCN-8 decoder on VGG16 (after Long et al., CVPR 2015).
 
@@ -109,7 +100,7 @@ class FCN8sSeed(SegmentationModel):
         backbone: str = "vgg16",
     ) -> None:
         super().__init__(num_classes)
-        self.encoder = build_encoder(keep_prob, width_mult, pretrained, backbone_weights, backbone)
+        self.encoder = build_encoder(backbone, keep_prob, width_mult, pretrained, backbone_weights)
         pool4_channels = self.encoder.pool4_channels
         pool3_channels = self.encoder.pool3_channels
         self.layer7_score = nn.Conv2d(self.encoder.fc7_channels, num_classes, kernel_size=1)
@@ -126,30 +117,6 @@ class FCN8sSeed(SegmentationModel):
         score = crop_like(self.up_to_pool4(score), features.pool4, offset=1) + features.pool4
         score = crop_like(self.up_to_pool3(score), features.pool3, offset=1) + features.pool3
         return crop_like(self.up_to_input(score), x, offset=4)
-
-
-@register_model("fcn32s")
-def fcn32s(num_classes: int, **options: object) -> FCN:
-    """FCN-32s: fc7 scores upsampled 32x, no skips."""
-    return FCN(num_classes, variant="32s", **options)
-
-
-@register_model("fcn16s")
-def fcn16s(num_classes: int, **options: object) -> FCN:
-    """FCN-16s: one skip from pool4."""
-    return FCN(num_classes, variant="16s", **options)
-
-
-@register_model("fcn8s")
-def fcn8s(num_classes: int, **options: object) -> FCN:
-    """FCN-8s: skips from pool4 and pool3."""
-    return FCN(num_classes, variant="8s", **options)
-
-
-@register_model("fcn8s-seed")
-def fcn8s_seed(num_classes: int, **options: object) -> FCN8sSeed:
-    """The reference exercise's FCN-8 decoder."""
-    return FCN8sSeed(num_classes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:
