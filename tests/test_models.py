@@ -20,8 +20,8 @@ from torch import nn
 from semseg.errors import SemsegError
 from semseg.models import build_model, list_models
 from semseg.models.base import bilinear_kernel, bilinear_upsampler, crop_like
-from semseg.models.fcn import FCN, count_parameters
 from semseg.models.encoders import VGGEncoder
+from semseg.models.fcn import FCN, count_parameters
 from semseg.models.weights import imagenet_state_dict
 
 MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
