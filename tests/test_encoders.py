@@ -340,21 +340,34 @@ def test_cli_backbone_flag_and_trainer_clipping(tmp_path):
     assert trainer.gradient_clip_val == 2.5
 
 
-def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path):
+def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path, monkeypatch):
+    """The CPU clock's arithmetic on a fake process clock (no timing): CPU seconds since the
+    start of training divided by the threads, plus the offset a resumed run carries, frozen once
+    training ends."""
     import time
 
     from semseg.training import CpuTimer, build_trainer
 
+    clock = [100.0]
+    monkeypatch.setattr(time, "process_time", lambda: clock[0])
     timer = CpuTimer(seconds=100.0, threads=2)
     assert timer.time_elapsed() == 0.0
     timer.on_train_start(None, None)  # type: ignore[arg-type]
-    start = time.process_time()
-    while time.process_time() - start < 0.2:
-        pass
-    used = time.process_time() - start
-    assert timer.time_elapsed() == pytest.approx(used / 2, abs=0.05)
+    assert timer.time_elapsed() == 0.0
+    clock[0] = 100.6
+    assert timer.time_elapsed() == pytest.approx(0.3)
+    clock[0] = 103.0
+    assert timer.time_elapsed() == pytest.approx(1.5)
     timer.on_train_end(None, None)  # type: ignore[arg-type]
-    assert timer.time_elapsed() == timer.time_elapsed()  # frozen once training ends
+    clock[0] = 250.0
+    assert timer.time_elapsed() == pytest.approx(1.5)  # frozen once training ends
+    # A resumed run starts from the elapsed time of its checkpoint; no threads count as one.
+    resumed = CpuTimer(seconds=100.0, threads=0)
+    resumed.load_state_dict({"time_elapsed": {"train": 40.0}})
+    assert resumed.time_elapsed() == pytest.approx(40.0)
+    resumed.on_train_start(None, None)  # type: ignore[arg-type]
+    clock[0] = 260.0
+    assert resumed.time_elapsed() == pytest.approx(50.0)
     config = load_config("kitti_fast_cpu")
     config.train.clock = "cpu"
     trainer = build_trainer(config, tmp_path, progress=False)

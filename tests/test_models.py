@@ -7,6 +7,7 @@ counts are taken on the ``meta`` device (no memory, no initialisation cost).
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import urllib.error
 from pathlib import Path
@@ -18,10 +19,11 @@ import torchvision
 from torch import nn
 
 from semseg.errors import SemsegError
-from semseg.models import build_model, list_models
+from semseg.models import build_model, list_models, model_options
 from semseg.models.base import bilinear_kernel, bilinear_upsampler, crop_like
 from semseg.models.encoders import VGGEncoder
 from semseg.models.fcn import FCN, count_parameters
+from semseg.models.registry import NOT_ASKED, SHARED_OPTIONS, declared_options
 from semseg.models.weights import imagenet_state_dict
 
 MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
@@ -333,6 +335,145 @@ def test_registry_lists_models_and_refuses_unknown_names() -> None:
         assert name in message
     with pytest.raises(SemsegError, match="num_classes"):
         build_model("fcn8s", 0, width_mult=SMALL)
+
+
+SHARED = {"backbone", "backbone_weights", "keep_prob", "pretrained", "width_mult"}
+
+
+def test_models_declare_only_the_options_they_use() -> None:
+    for name in ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed"):
+        assert set(model_options(name)) == SHARED, name
+    assert set(model_options("segnet")) == SHARED - {"keep_prob"}  # SegNet has no dropout
+    for name in ("deeplab-largefov", "dilation8-frontend", "dilation8-context"):
+        assert set(model_options(name)) == SHARED - {"backbone"}, name  # VGG16 only
+    # what a factory fixes at registration is not an option; **kwargs takes any option
+    assert declared_options(lambda num_classes, variant, width_mult: None, {"variant": 1}) == {
+        "width_mult"
+    }
+    assert declared_options(lambda num_classes, **options: None, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "named"),
+    [
+        ("segnet", {"keep_prob": 0.75}, "keep_prob=0.75"),
+        ("deeplab-largefov", {"backbone": "resnet18"}, "backbone='resnet18'"),
+        ("dilation8-frontend", {"backbone": "vgg16_bn"}, "backbone='vgg16_bn'"),
+        ("dilation8-frontend", {"context": True}, "context=True"),  # fixed by the registration
+        ("fcn8s", {"dropout": 0.1}, "dropout=0.1"),
+    ],
+)
+def test_an_option_a_model_cannot_honour_is_refused(
+    name: str, options: dict[str, object], named: str
+) -> None:
+    with pytest.raises(SemsegError) as error:
+        build_model(name, 2, width_mult=SMALL, **options)
+    message = str(error.value)
+    assert f"model {name!r} does not take option {named}" in message
+    assert "\n" not in message
+
+
+def test_none_options_are_dropped_and_the_model_default_applies() -> None:
+    nothing = dict.fromkeys(SHARED)
+    nothing["width_mult"] = SMALL
+    for name in list_models():
+        build_model(name, 2, **nothing)
+    dropouts = [
+        m for m in build_model("fcn8s", 2, **nothing).modules() if isinstance(m, nn.Dropout)
+    ]
+    assert [d.p for d in dropouts] == [0.5, 0.5]  # the model's default keep_prob
+
+
+def test_values_that_ask_for_nothing_are_ignored_by_models_without_the_option() -> None:
+    """keep_prob 0.5 (the configuration's default) or 1.0 (no dropout) for SegNet, backbone vgg16
+    for DeepLab: what every configuration and checkpoint written so far passes."""
+    for keep_prob in (0.5, 1.0):
+        model = build_model("segnet", 2, width_mult=SMALL, keep_prob=keep_prob)
+        assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    build_model("deeplab-largefov", 2, width_mult=SMALL, backbone="vgg16")
+
+
+def test_shared_option_values_are_checked_for_every_model() -> None:
+    for name in ("segnet", "deeplab-largefov", "fcn8s"):
+        with pytest.raises(SemsegError, match="keep_prob must be in"):
+            build_model(name, 2, width_mult=SMALL, keep_prob=0.0)
+        with pytest.raises(SemsegError, match="width_mult must be positive"):
+            build_model(name, 2, width_mult=0.0)
+        with pytest.raises(SemsegError, match="not both"):
+            build_model(name, 2, pretrained=True, backbone_weights="weights.pth")
+
+
+def test_not_asked_values_include_the_training_configuration_defaults() -> None:
+    """The registry's rule depends on them: the defaults of ModelConfig build every model."""
+    from semseg.config import ModelConfig
+
+    defaults = {option: getattr(ModelConfig(), option) for option in SHARED_OPTIONS}
+    assert set(SHARED_OPTIONS) == SHARED
+    for option, value in defaults.items():
+        assert value in NOT_ASKED[option], option
+    with torch.device("meta"):
+        for name in list_models():
+            build_model(name, 2, **defaults)
+
+
+# ------------------------------------------------------------ checkpoints written before
+
+LAYOUT_DIGESTS = {  # sha256 of the state dict's "key:shape" lines, by the code before issue 13
+    ("deeplab-largefov", None): "0b58205917ee7413",
+    ("dilation8-context", None): "27417f71df91ca0d",
+    ("dilation8-frontend", None): "79005668ffb6e6b8",
+    ("fcn16s", None): "6b1bd449abbae12d",
+    ("fcn32s", None): "3e567d95343995a2",
+    ("fcn8s", None): "317b00ee0f8fb7d2",
+    ("fcn8s-seed", None): "9cf5fbdd1263b2cd",
+    ("segnet", None): "c0e288dee2f8f48b",
+    ("fcn8s", "vgg16_bn"): "d5257ceefbc43260",
+    ("fcn8s", "resnet18"): "66d62f14ad8353fa",
+    ("fcn8s", "resnet34"): "370008ee997a0c14",
+    ("fcn8s", "resnet50"): "286cbfc156783131",
+    ("fcn8s", "mobilenet_v3_large"): "1da0fe8d61bfe838",
+}
+
+
+def layout_digest(model: nn.Module) -> str:
+    lines = [f"{key}:{tuple(value.shape)}" for key, value in model.state_dict().items()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def test_state_dict_layout_is_the_one_checkpoints_were_written_with() -> None:
+    """Parameter names and shapes at width 1 (on the meta device) as before the refactoring, so
+    every checkpoint written before still fits its model."""
+    with torch.device("meta"):
+        for (name, backbone), digest in LAYOUT_DIGESTS.items():
+            options = {} if backbone is None else {"backbone": backbone}
+            assert layout_digest(build_model(name, 2, **options)) == digest, (name, backbone)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_checkpoint_with_every_shared_option_loads(name: str, tmp_path: Path) -> None:
+    """Checkpoints so far hold all five shared options for every model (keep_prob 0.5 and
+    backbone vgg16 for SegNet and DeepLab too): they rebuild and give the same output."""
+    from semseg.inference.checkpoint import load_model
+
+    options = {
+        "keep_prob": 0.5,
+        "width_mult": 1 / 16,
+        "backbone": "vgg16",
+        "pretrained": False,
+        "backbone_weights": None,
+    }
+    torch.manual_seed(0)
+    model = build_model(name, 2, **options).eval()
+    hparams = {"model_name": name, "num_classes": 2, "input_size": [32, 48]}
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": {**hparams, "model_options": options}, "state_dict": state}, path
+    )
+    loaded = load_model(path)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
 
 
 def test_unknown_variant_and_backbone() -> None:

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.models.base import SegmentationModel, bilinear_upsampler, crop_like
-from semseg.models.encoders import build_encoder
+from semseg.models.encoders import VGGEncoder, build_encoder
+from semseg.models.receptive_field import Layer, layers_of, transposed
 from semseg.models.registry import register_model
 
 FINAL_STRIDE = {"32s": 32, "16s": 16, "8s": 8}
@@ -38,10 +39,21 @@ class FCN(SegmentationModel):
     (FCN-8s), then upsampled to the input by a transposed convolution fixed to bilinear
     interpolation (kernel 2s, stride s; s = 32, 16 or 8), as the paper prescribes.
     ``backbone`` picks the encoder (:mod:`semseg.models.encoders`); its stride 8/16/32 maps play
-    pool3, pool4 and fc7.
+    pool3, pool4 and fc7. Registered as ``fcn32s``, ``fcn16s`` and ``fcn8s``; options
+    ``backbone``, ``keep_prob``, ``width_mult``, ``pretrained`` and ``backbone_weights``.
 
-    Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
+    Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``; before the final upsampling
+    (:meth:`forward_logits`) ``(N, num_classes, H/s, W/s)``.
+
+    Receptive field of one score cell before the final upsampling, on VGG16: FCN-32s 404 x 404
+    input pixels (VGG16 to pool5: 212, plus fc6's 7 taps 32 pixels apart); FCN-16s 436 x 436 (the
+    learned 2x upsampling, kernel 4, mixes two neighbouring stride-32 cells); FCN-8s 436 to
+    468 x 468 depending on the cell's place in the stride-32 grid (two such upsamplings). The
+    skips from pool4 (100 pixels) and pool3 (44) see inside that field, so :meth:`spatial_layers`
+    is the path through fc7.
     """
+
+    receptive_field_by_variant = {"32s": 404, "16s": 436, "8s": 468}
 
     def __init__(
         self,
@@ -66,9 +78,12 @@ class FCN(SegmentationModel):
             self.score_pool3 = zero_conv1x1(self.encoder.pool3_channels, num_classes)
             self.upscore_pool4 = bilinear_upsampler(num_classes, 2)
         self.final_stride = FINAL_STRIDE[variant]
+        self.output_stride = self.final_stride
+        self.receptive_field = self.receptive_field_by_variant[variant]
         self.upscore_final = bilinear_upsampler(num_classes, self.final_stride, learnable=False)
 
-    def forward_normalized(self, x: Tensor) -> Tensor:
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """Class scores at the output stride (32, 16 or 8), before the final upsampling."""
         features = self.encoder(x)
         score = self.score_fr(features.fc7)
         if self.variant in ("16s", "8s"):
@@ -77,7 +92,24 @@ class FCN(SegmentationModel):
         if self.variant == "8s":
             pool3_score = self.score_pool3(features.pool3)
             score = crop_like(self.upscore_pool4(score), pool3_score, offset=1) + pool3_score
+        return score
+
+    def forward_normalized(self, x: Tensor) -> Tensor:
+        score = self.forward_logits(x)
         return crop_like(self.upscore_final(score), x, offset=self.final_stride // 2)
+
+    def spatial_layers(self) -> list[Layer]:
+        """The path through fc7 to the scores of :meth:`forward_logits` (VGG encoders only), for
+        receptive-field arithmetic: the skips' fields lie inside it."""
+        encoder = self.encoder
+        if not isinstance(encoder, VGGEncoder):
+            raise ValueError(f"no layer table for the {encoder.arch} encoder")
+        layers = layers_of([encoder.features, encoder.fc6, encoder.fc7, self.score_fr])
+        for name in ("upscore2", "upscore_pool4"):
+            upsampler = getattr(self, name, None)
+            if upsampler is not None:  # each is cropped from offset 1 (see forward_logits)
+                layers.append(transposed(upsampler.kernel_size[0], upsampler.stride[0], crop=1))
+        return layers
 
 
 @register_model("fcn8s-seed")
