@@ -289,6 +289,16 @@ def test_losses_have_gradients():
 # --- configurations -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_determinism():
+    """Building a trainer (``deterministic="warn"``) switches torch's deterministic mode on for
+    the whole process; later tests in the session should not inherit it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def test_reference_config_is_unchanged():
     config = load_config("kitti_fcn8s")
     assert (config.model.name, config.model.backbone, config.model.keep_prob) == (
@@ -327,7 +337,7 @@ def test_bad_recipe_values_are_rejected():
             validate(config)
 
 
-def test_cli_backbone_flag_and_trainer_clipping(tmp_path):
+def test_cli_backbone_flag_and_trainer_clipping(tmp_path, restore_determinism):
     from semseg.cli import build_train_config
     from semseg.training import build_trainer
 
@@ -340,7 +350,7 @@ def test_cli_backbone_flag_and_trainer_clipping(tmp_path):
     assert trainer.gradient_clip_val == 2.5
 
 
-def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path, monkeypatch):
+def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path, monkeypatch, restore_determinism):
     """The CPU clock's arithmetic on a fake process clock (no timing): CPU seconds since the
     start of training divided by the threads, plus the offset a resumed run carries, frozen once
     training ends."""

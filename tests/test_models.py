@@ -515,3 +515,30 @@ def test_final_upsampler_frozen_intermediate_learnable() -> None:
     model32 = build_model("fcn32s", 2, width_mult=SMALL)
     assert model32.upscore_final.weight.requires_grad is False
     assert not hasattr(model32, "upscore2")
+
+
+# ------------------------------------------------------------------------ the package's rule
+
+
+def test_models_import_only_torch_torchvision_errors_and_themselves() -> None:
+    """semseg.models may import the standard library, torch, torchvision, semseg.errors and its
+    own modules: nothing about data, training, inference or the command line."""
+    import ast
+    import sys
+
+    import semseg.models
+
+    package = Path(semseg.models.__file__).parent
+    allowed = {"torch", "torchvision"} | set(sys.stdlib_module_names)
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                ok = name.split(".")[0] in allowed or name == "semseg.errors"
+                ok = ok or name == "semseg.models" or name.startswith("semseg.models.")
+                assert ok, f"{path.name} imports {name}"

@@ -4,6 +4,11 @@ Chen, Papandreou, Kokkinos, Murphy & Yuille, "Semantic Image Segmentation with D
 Nets and Fully Connected CRFs", ICLR 2015 (DeepLab v1). The fully connected CRF that the paper
 applies to the upsampled scores is :mod:`semseg.inference.crf` (``--crf`` on ``semseg evaluate``
 and ``semseg predict``).
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W; class
+scores before the upsampling (``forward_logits``) ``(N, num_classes, H/8, W/8)``.
+Registered as ``deeplab-largefov``; options ``keep_prob``, ``width_mult``, ``pretrained`` and
+``backbone_weights``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Dilation8: Yu & Koltun's VGG16 front end, alone or with the basic context module.
 
 Yu & Koltun, "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016.
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W; class
+scores before the upsampling (``forward_logits``) ``(N, num_classes, H/8, W/8)``.
+Registered as ``dilation8-frontend`` and ``dilation8-context``; options ``keep_prob``,
+``width_mult``, ``pretrained`` and ``backbone_weights``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015.
 
 All models map ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W.
+Registered as ``fcn32s``, ``fcn16s``, ``fcn8s`` (:class:`FCN`) and ``fcn8s-seed``
+(:class:`FCN8sSeed`); options ``backbone`` (:mod:`semseg.models.encoders`), ``keep_prob``,
+``width_mult``, ``pretrained`` and ``backbone_weights``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,7 @@ class FCN(SegmentationModel):
     (FCN-8s), then upsampled to the input by a transposed convolution fixed to bilinear
     interpolation (kernel 2s, stride s; s = 32, 16 or 8), as the paper prescribes.
     ``backbone`` picks the encoder (:mod:`semseg.models.encoders`); its stride 8/16/32 maps play
-    pool3, pool4 and fc7. Registered as ``fcn32s``, ``fcn16s`` and ``fcn8s``; options
-    ``backbone``, ``keep_prob``, ``width_mult``, ``pretrained`` and ``backbone_weights``.
+    pool3, pool4 and fc7.
 
     Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``; before the final upsampling
     (:meth:`forward_logits`) ``(N, num_classes, H/s, W/s)``.

@@ -2,6 +2,11 @@
 
 Badrinarayanan, Kendall & Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for
 Image Segmentation", IEEE TPAMI 2017.
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W (output
+stride 1). Registered as ``segnet``; options ``backbone``, ``width_mult``, ``pretrained`` and
+``backbone_weights`` (no ``keep_prob``: SegNet has no dropout). Exports to ONNX
+(:class:`MaxUnpool2x2`).
 """
 
 from __future__ import annotations
