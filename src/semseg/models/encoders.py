@@ -197,10 +197,24 @@ class VGGEncoder(Encoder):
             x = layer(x)
             if index in self._pool_indices:
                 stages.append(x)
-        x = self.drop6(self.relu(self.fc6(x)))
-        x = self.drop7(self.relu(self.fc7(x)))
-        stages.append(x)
+        stages.append(self.fc_layers(x))
         return stages
+
+    def forward(self, x: Tensor) -> EncoderFeatures:
+        """The taps only: pool1, pool2 and pool5 are not kept (less memory when predicting)."""
+        pool3 = pool4 = x
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index == self._pool_indices[2]:
+                pool3 = x
+            elif index == self._pool_indices[3]:
+                pool4 = x
+        return EncoderFeatures(pool3=pool3, pool4=pool4, fc7=self.fc_layers(x))
+
+    def fc_layers(self, x: Tensor) -> Tensor:
+        """fc6 and fc7 on the pool5 map, each with ReLU and dropout."""
+        x = self.drop6(self.relu(self.fc6(x)))
+        return self.drop7(self.relu(self.fc7(x)))
 
     def load_torchvision_state_dict(self, state_dict: StateDict) -> None:
         """Load a torchvision ``vgg16`` (``vgg16_bn``) state dict, fc6/fc7 reshaped to convs."""
