@@ -9,6 +9,7 @@ torchvision weight loading, CRF refinement, and the benchmark script's table.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import urllib.error
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import load_benchmark
+from conftest import PROJECT_ROOT, load_benchmark
 from torch import nn
 
 from semseg.errors import SemsegError
@@ -31,6 +32,8 @@ from semseg.models.receptive_field import (
     output_stride,
     pool,
     receptive_field,
+    receptive_field_range,
+    transposed,
     upsample,
 )
 from semseg.models.segnet import SegNet
@@ -269,15 +272,16 @@ class NearestUnpool(nn.Module):
 def measured_extent(model: nn.Module, height: int, width: int, cell: int) -> tuple[int, int]:
     """Leftmost and rightmost input columns that change output cell ``(0, cell)``.
 
-    All convolution weights 1, biases 0, float64, zero input: every activation is a sum of
-    non-negative terms, so the output cell is positive exactly when some perturbed input pixel
-    (set to 1) lies in its receptive field. Two binary searches over the perturbed columns.
+    All (transposed) convolution weights 1, biases 0, float64, zero input: every activation is a
+    sum of non-negative terms, so the output cell is positive exactly when some perturbed input
+    pixel (set to 1) lies in its receptive field. Two binary searches over the perturbed columns.
     """
     model = model.double().eval()
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
     if isinstance(model, SegNet):
         model.unpool = NearestUnpool()
     run = getattr(model, "forward_logits", model.forward_normalized)
@@ -320,6 +324,78 @@ def test_measured_receptive_field_equals_the_arithmetic(
         assert (left, right) == input_interval(model.spatial_layers(), cell, cell)
         sizes.append(right - left + 1)
     assert max(sizes) == EXPECTED_RF[name]
+
+
+FCN_RF = {"fcn32s": (404, 404), "fcn16s": (436, 436), "fcn8s": (436, 468)}
+"""Receptive field of one FCN score cell before the final upsampling: (smallest, largest)."""
+
+
+def fcn_layers_by_hand(name: str) -> list:
+    """VGG16 to pool5, fc6 (7x7, padding 3), fc7 and the score layer (1x1), then per skip a
+    learned 2x transposed convolution (kernel 4) cropped from offset 1 (Long et al.)."""
+    layers = vgg_by_hand([pool(2, 2)] * 5) + [conv(7), conv(1), conv(1)]
+    return layers + [transposed(4, 2, crop=1)] * {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}[name]
+
+
+@pytest.mark.parametrize("name", list(FCN_RF))
+def test_fcn_receptive_field_by_hand_matches_model_and_docstring(name: str) -> None:
+    model = build_model(name, 2, width_mult=SMALL)
+    by_hand = fcn_layers_by_hand(name)
+    assert model.spatial_layers() == by_hand
+    assert receptive_field_range(by_hand) == FCN_RF[name]
+    assert model.receptive_field == FCN_RF[name][1]
+    assert output_stride(by_hand) == model.output_stride == int(name[3:-1])
+    doc = " ".join((inspect.getdoc(type(model)) or "").split())
+    smallest, largest = FCN_RF[name]
+    assert f"{largest} x {largest}" in doc and str(smallest) in doc
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "cells"),
+    [
+        ("fcn32s", 512, (8,)),
+        ("fcn16s", 512, (16, 17)),
+        ("fcn8s", 1024, (64, 65, 66, 67)),  # the four places of a stride-8 cell in the 32-grid
+    ],
+)
+def test_fcn_measured_receptive_field_equals_the_arithmetic(
+    name: str, width: int, cells: tuple[int, ...]
+) -> None:
+    """Perturbation measurement of the scores before the final upsampling; through all paths
+    (fc7 and the pool4/pool3 skips), so it also checks that the skips see inside fc7's field."""
+    model = build_model(name, 2, width_mult=1 / 16)
+    sizes = []
+    for cell in cells:
+        left, right = measured_extent(model, 32, width, cell)
+        assert left > 0 and right < width - 1, "the input must contain the whole field"
+        assert (left, right) == input_interval(model.spatial_layers(), cell, cell)
+        sizes.append(right - left + 1)
+    assert (min(sizes), max(sizes)) == FCN_RF[name]
+
+
+def readme_receptive_fields() -> dict[str, str]:
+    """Model name -> the receptive-field cell of the README's model table."""
+    table = {}
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`") and cells[3] != "receptive field":
+            names = re.findall(r"`([^`]+)`", cells[0])
+            values = cells[3].split(" / ") if len(names) > 1 else [cells[3]]
+            table.update(zip(names, values, strict=True))
+    return table
+
+
+def test_readme_receptive_fields_are_the_models() -> None:
+    """The README's table (e.g. 404 for FCN-32s) states what the arithmetic gives, which the
+    measurements above check: one value, or smallest-largest where it depends on position."""
+    stated = readme_receptive_fields()
+    assert set(stated) == set(EXPECTED_RF) | set(FCN_RF)
+    for name, text in stated.items():
+        smallest, largest = receptive_field_range(
+            build_model(name, 2, width_mult=SMALL).spatial_layers()
+        )
+        expected = str(largest) if smallest == largest else f"{smallest}\u2013{largest}"
+        assert text == expected, name
 
 
 def test_measured_receptive_field_sees_a_changed_dilation() -> None:

@@ -289,6 +289,16 @@ def test_losses_have_gradients():
 # --- configurations -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_determinism():
+    """Building a trainer (``deterministic="warn"``) switches torch's deterministic mode on for
+    the whole process; later tests in the session should not inherit it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def test_reference_config_is_unchanged():
     config = load_config("kitti_fcn8s")
     assert (config.model.name, config.model.backbone, config.model.keep_prob) == (
@@ -327,7 +337,7 @@ def test_bad_recipe_values_are_rejected():
             validate(config)
 
 
-def test_cli_backbone_flag_and_trainer_clipping(tmp_path):
+def test_cli_backbone_flag_and_trainer_clipping(tmp_path, restore_determinism):
     from semseg.cli import build_train_config
     from semseg.training import build_trainer
 
@@ -340,21 +350,34 @@ def test_cli_backbone_flag_and_trainer_clipping(tmp_path):
     assert trainer.gradient_clip_val == 2.5
 
 
-def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path):
+def test_cpu_clock_budget_counts_cpu_seconds_per_thread(tmp_path, monkeypatch, restore_determinism):
+    """The CPU clock's arithmetic on a fake process clock (no timing): CPU seconds since the
+    start of training divided by the threads, plus the offset a resumed run carries, frozen once
+    training ends."""
     import time
 
     from semseg.training import CpuTimer, build_trainer
 
+    clock = [100.0]
+    monkeypatch.setattr(time, "process_time", lambda: clock[0])
     timer = CpuTimer(seconds=100.0, threads=2)
     assert timer.time_elapsed() == 0.0
     timer.on_train_start(None, None)  # type: ignore[arg-type]
-    start = time.process_time()
-    while time.process_time() - start < 0.2:
-        pass
-    used = time.process_time() - start
-    assert timer.time_elapsed() == pytest.approx(used / 2, abs=0.05)
+    assert timer.time_elapsed() == 0.0
+    clock[0] = 100.6
+    assert timer.time_elapsed() == pytest.approx(0.3)
+    clock[0] = 103.0
+    assert timer.time_elapsed() == pytest.approx(1.5)
     timer.on_train_end(None, None)  # type: ignore[arg-type]
-    assert timer.time_elapsed() == timer.time_elapsed()  # frozen once training ends
+    clock[0] = 250.0
+    assert timer.time_elapsed() == pytest.approx(1.5)  # frozen once training ends
+    # A resumed run starts from the elapsed time of its checkpoint; no threads count as one.
+    resumed = CpuTimer(seconds=100.0, threads=0)
+    resumed.load_state_dict({"time_elapsed": {"train": 40.0}})
+    assert resumed.time_elapsed() == pytest.approx(40.0)
+    resumed.on_train_start(None, None)  # type: ignore[arg-type]
+    clock[0] = 260.0
+    assert resumed.time_elapsed() == pytest.approx(50.0)
     config = load_config("kitti_fast_cpu")
     config.train.clock = "cpu"
     trainer = build_trainer(config, tmp_path, progress=False)

@@ -7,6 +7,7 @@ counts are taken on the ``meta`` device (no memory, no initialisation cost).
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import urllib.error
 from pathlib import Path
@@ -18,10 +19,12 @@ import torchvision
 from torch import nn
 
 from semseg.errors import SemsegError
-from semseg.models import build_model, list_models
+from semseg.models import build_model, list_models, model_options
 from semseg.models.base import bilinear_kernel, bilinear_upsampler, crop_like
+from semseg.models.encoders import VGGEncoder
 from semseg.models.fcn import FCN, count_parameters
-from semseg.models.vgg import VGG16Encoder, imagenet_vgg16_state_dict
+from semseg.models.registry import NOT_ASKED, SHARED_OPTIONS, declared_options
+from semseg.models.weights import imagenet_state_dict
 
 MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
 SMALL = 0.125  # width multiplier of the fast models
@@ -221,14 +224,17 @@ def test_backbone_weights_missing_keys_is_semseg_error(
 
 
 def test_backbone_weights_bad_files(tmp_path: Path) -> None:
+    # Width 1 (the only one weights load at): the file is read before any layer is built.
     with pytest.raises(SemsegError, match="not found"):
-        build_model("fcn8s", 2, width_mult=SMALL, backbone_weights=str(tmp_path / "nope.pth"))
+        build_model("fcn8s", 2, backbone_weights=str(tmp_path / "nope.pth"))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(SemsegError, match="not a torch state dict"):
+        build_model("fcn8s", 2, backbone_weights=str(junk))
+    with pytest.raises(SemsegError, match="width_mult 1.0"):
         build_model("fcn8s", 2, width_mult=SMALL, backbone_weights=str(junk))
     with pytest.raises(SemsegError, match="width_mult 1.0"):
-        VGG16Encoder(width_mult=SMALL).load_torchvision_state_dict({})
+        VGGEncoder(width_mult=SMALL).load_torchvision_state_dict({})
     with pytest.raises(SemsegError, match="not both"):
         build_model("fcn8s", 2, pretrained=True, backbone_weights=str(junk))
 
@@ -275,7 +281,7 @@ def test_weights_api_download_failure_is_semseg_error(
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(SemsegError, match="--backbone-weights"):
-        imagenet_vgg16_state_dict()
+        imagenet_state_dict("VGG16_Weights", "VGG16")
     assert len(urls) == 1 and "vgg16" in urls[0]
     assert no_network == []
 
@@ -331,6 +337,145 @@ def test_registry_lists_models_and_refuses_unknown_names() -> None:
         build_model("fcn8s", 0, width_mult=SMALL)
 
 
+SHARED = {"backbone", "backbone_weights", "keep_prob", "pretrained", "width_mult"}
+
+
+def test_models_declare_only_the_options_they_use() -> None:
+    for name in ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed"):
+        assert set(model_options(name)) == SHARED, name
+    assert set(model_options("segnet")) == SHARED - {"keep_prob"}  # SegNet has no dropout
+    for name in ("deeplab-largefov", "dilation8-frontend", "dilation8-context"):
+        assert set(model_options(name)) == SHARED - {"backbone"}, name  # VGG16 only
+    # what a factory fixes at registration is not an option; **kwargs takes any option
+    assert declared_options(lambda num_classes, variant, width_mult: None, {"variant": 1}) == {
+        "width_mult"
+    }
+    assert declared_options(lambda num_classes, **options: None, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "named"),
+    [
+        ("segnet", {"keep_prob": 0.75}, "keep_prob=0.75"),
+        ("deeplab-largefov", {"backbone": "resnet18"}, "backbone='resnet18'"),
+        ("dilation8-frontend", {"backbone": "vgg16_bn"}, "backbone='vgg16_bn'"),
+        ("dilation8-frontend", {"context": True}, "context=True"),  # fixed by the registration
+        ("fcn8s", {"dropout": 0.1}, "dropout=0.1"),
+    ],
+)
+def test_an_option_a_model_cannot_honour_is_refused(
+    name: str, options: dict[str, object], named: str
+) -> None:
+    with pytest.raises(SemsegError) as error:
+        build_model(name, 2, width_mult=SMALL, **options)
+    message = str(error.value)
+    assert f"model {name!r} does not take option {named}" in message
+    assert "\n" not in message
+
+
+def test_none_options_are_dropped_and_the_model_default_applies() -> None:
+    nothing = dict.fromkeys(SHARED)
+    nothing["width_mult"] = SMALL
+    for name in list_models():
+        build_model(name, 2, **nothing)
+    dropouts = [
+        m for m in build_model("fcn8s", 2, **nothing).modules() if isinstance(m, nn.Dropout)
+    ]
+    assert [d.p for d in dropouts] == [0.5, 0.5]  # the model's default keep_prob
+
+
+def test_values_that_ask_for_nothing_are_ignored_by_models_without_the_option() -> None:
+    """keep_prob 0.5 (the configuration's default) or 1.0 (no dropout) for SegNet, backbone vgg16
+    for DeepLab: what every configuration and checkpoint written so far passes."""
+    for keep_prob in (0.5, 1.0):
+        model = build_model("segnet", 2, width_mult=SMALL, keep_prob=keep_prob)
+        assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    build_model("deeplab-largefov", 2, width_mult=SMALL, backbone="vgg16")
+
+
+def test_shared_option_values_are_checked_for_every_model() -> None:
+    for name in ("segnet", "deeplab-largefov", "fcn8s"):
+        with pytest.raises(SemsegError, match="keep_prob must be in"):
+            build_model(name, 2, width_mult=SMALL, keep_prob=0.0)
+        with pytest.raises(SemsegError, match="width_mult must be positive"):
+            build_model(name, 2, width_mult=0.0)
+        with pytest.raises(SemsegError, match="not both"):
+            build_model(name, 2, pretrained=True, backbone_weights="weights.pth")
+
+
+def test_not_asked_values_include_the_training_configuration_defaults() -> None:
+    """The registry's rule depends on them: the defaults of ModelConfig build every model."""
+    from semseg.config import ModelConfig
+
+    defaults = {option: getattr(ModelConfig(), option) for option in SHARED_OPTIONS}
+    assert set(SHARED_OPTIONS) == SHARED
+    for option, value in defaults.items():
+        assert value in NOT_ASKED[option], option
+    with torch.device("meta"):
+        for name in list_models():
+            build_model(name, 2, **defaults)
+
+
+# ------------------------------------------------------------ checkpoints written before
+
+LAYOUT_DIGESTS = {  # sha256 of the state dict's "key:shape" lines, by the code before issue 13
+    ("deeplab-largefov", None): "0b58205917ee7413",
+    ("dilation8-context", None): "27417f71df91ca0d",
+    ("dilation8-frontend", None): "79005668ffb6e6b8",
+    ("fcn16s", None): "6b1bd449abbae12d",
+    ("fcn32s", None): "3e567d95343995a2",
+    ("fcn8s", None): "317b00ee0f8fb7d2",
+    ("fcn8s-seed", None): "9cf5fbdd1263b2cd",
+    ("segnet", None): "c0e288dee2f8f48b",
+    ("fcn8s", "vgg16_bn"): "d5257ceefbc43260",
+    ("fcn8s", "resnet18"): "66d62f14ad8353fa",
+    ("fcn8s", "resnet34"): "370008ee997a0c14",
+    ("fcn8s", "resnet50"): "286cbfc156783131",
+    ("fcn8s", "mobilenet_v3_large"): "1da0fe8d61bfe838",
+}
+
+
+def layout_digest(model: nn.Module) -> str:
+    lines = [f"{key}:{tuple(value.shape)}" for key, value in model.state_dict().items()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def test_state_dict_layout_is_the_one_checkpoints_were_written_with() -> None:
+    """Parameter names and shapes at width 1 (on the meta device) as before the refactoring, so
+    every checkpoint written before still fits its model."""
+    with torch.device("meta"):
+        for (name, backbone), digest in LAYOUT_DIGESTS.items():
+            options = {} if backbone is None else {"backbone": backbone}
+            assert layout_digest(build_model(name, 2, **options)) == digest, (name, backbone)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_checkpoint_with_every_shared_option_loads(name: str, tmp_path: Path) -> None:
+    """Checkpoints so far hold all five shared options for every model (keep_prob 0.5 and
+    backbone vgg16 for SegNet and DeepLab too): they rebuild and give the same output."""
+    from semseg.inference.checkpoint import load_model
+
+    options = {
+        "keep_prob": 0.5,
+        "width_mult": 1 / 16,
+        "backbone": "vgg16",
+        "pretrained": False,
+        "backbone_weights": None,
+    }
+    torch.manual_seed(0)
+    model = build_model(name, 2, **options).eval()
+    hparams = {"model_name": name, "num_classes": 2, "input_size": [32, 48]}
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": {**hparams, "model_options": options}, "state_dict": state}, path
+    )
+    loaded = load_model(path)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
 def test_unknown_variant_and_backbone() -> None:
     with pytest.raises(SemsegError, match="variant"):
         FCN(2, variant="4s", width_mult=SMALL)
@@ -370,3 +515,30 @@ def test_final_upsampler_frozen_intermediate_learnable() -> None:
     model32 = build_model("fcn32s", 2, width_mult=SMALL)
     assert model32.upscore_final.weight.requires_grad is False
     assert not hasattr(model32, "upscore2")
+
+
+# ------------------------------------------------------------------------ the package's rule
+
+
+def test_models_import_only_torch_torchvision_errors_and_themselves() -> None:
+    """semseg.models may import the standard library, torch, torchvision, semseg.errors and its
+    own modules: nothing about data, training, inference or the command line."""
+    import ast
+    import sys
+
+    import semseg.models
+
+    package = Path(semseg.models.__file__).parent
+    allowed = {"torch", "torchvision"} | set(sys.stdlib_module_names)
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                ok = name.split(".")[0] in allowed or name == "semseg.errors"
+                ok = ok or name == "semseg.models" or name.startswith("semseg.models.")
+                assert ok, f"{path.name} imports {name}"

@@ -69,6 +69,13 @@ def bilinear_upsampler(channels: int, stride: int, learnable: bool = True) -> nn
     return layer
 
 
+def gaussian_conv_(layer: nn.Conv2d, std: float) -> nn.Conv2d:
+    """N(0, std^2) weights and zero bias (the class-score layers of DeepLab and Dilation)."""
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def crop_like(x: Tensor, reference: Tensor, offset: int) -> Tensor:
     """Crop ``x`` spatially from ``offset`` to the height and width of ``reference``."""
     height, width = reference.shape[-2:]

@@ -4,6 +4,11 @@ Chen, Papandreou, Kokkinos, Murphy & Yuille, "Semantic Image Segmentation with D
 Nets and Fully Connected CRFs", ICLR 2015 (DeepLab v1). The fully connected CRF that the paper
 applies to the upsampled scores is :mod:`semseg.inference.crf` (``--crf`` on ``semseg evaluate``
 and ``semseg predict``).
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W; class
+scores before the upsampling (``forward_logits``) ``(N, num_classes, H/8, W/8)``.
+Registered as ``deeplab-largefov``; options ``keep_prob``, ``width_mult``, ``pretrained`` and
+``backbone_weights``.
 """
 
 from __future__ import annotations
@@ -15,19 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.models.base import SegmentationModel
+from semseg.models.base import SegmentationModel, gaussian_conv_
+from semseg.models.encoders import backbone_state_dict
 from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
-from semseg.models.trunk import (
-    backbone_state_dict,
-    check_model_options,
-    copy_into,
-    fc_weight,
-    gaussian_conv_,
-    load_trunk,
-    vgg16_trunk,
-)
-from semseg.models.vgg import scaled
+from semseg.models.vgg import copy_into, fc_weight, he_init_, load_trunk, scaled, vgg16_trunk
 
 FC_CHANNELS = 1024
 FC6_DILATION = 12
@@ -59,6 +56,7 @@ def decimate_fc6(weight: Tensor) -> Tensor:
     return weight.reshape(-1, 512, 7, 7)[::FILTER_STEP, :, ::TAP_STEP, ::TAP_STEP]
 
 
+@register_model("deeplab-largefov")
 class DeepLabLargeFOV(SegmentationModel):
     """DeepLab-LargeFOV (Chen et al., ICLR 2015) on VGG16 in torchvision's parameter layout.
 
@@ -78,7 +76,8 @@ class DeepLabLargeFOV(SegmentationModel):
     Weights: ``pretrained`` (torchvision's ImageNet ``VGG16_Weights``) or ``backbone_weights`` (a
     local torchvision ``vgg16`` state dict) load conv1-conv5 unchanged, and fc6/fc7 by DeepLab's
     decimation of the 4096-d fully connected layers (:func:`decimate_fc6`; fc7 keeps every 4th row
-    and column of VGG16's fc7); fc8 starts random.
+    and column of VGG16's fc7); fc8 starts random. The backbone is VGG16 only, so the model takes
+    no ``backbone`` option.
     """
 
     receptive_field = 419
@@ -92,12 +91,9 @@ class DeepLabLargeFOV(SegmentationModel):
         width_mult: float = 1.0,
         pretrained: bool = False,
         backbone_weights: str | Path | None = None,
-        backbone: str = "vgg16",
     ) -> None:
         super().__init__(num_classes)
-        check_model_options(
-            "DeepLab", backbone, ("vgg16",), keep_prob, width_mult, pretrained, backbone_weights
-        )
+        state = backbone_state_dict("vgg16", pretrained, backbone_weights, width_mult)
         pools = [nn.MaxPool2d(3, stride=2, padding=1) for _ in range(3)]
         pools += [nn.MaxPool2d(3, stride=1, padding=1) for _ in range(2)]
         self.features = vgg16_trunk(width_mult, pools=pools, dilations=(1, 1, 1, 1, 2))
@@ -108,13 +104,11 @@ class DeepLabLargeFOV(SegmentationModel):
         )
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         for layer in (self.fc6, self.fc7):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            he_init_(layer)
         self.relu = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(p=1.0 - keep_prob)
         self.drop7 = nn.Dropout(p=1.0 - keep_prob)
         self.fc8 = gaussian_conv_(nn.Conv2d(fc_channels, num_classes, 1), std=0.01)
-        state = backbone_state_dict(pretrained, backbone_weights, width_mult)
         if state is not None:
             self.load_torchvision_state_dict(state)
 
@@ -126,9 +120,10 @@ class DeepLabLargeFOV(SegmentationModel):
         if fc6_weight.shape != (4096, 512 * 7 * 7) or fc7_weight.shape != (4096, 4096):
             raise SemsegError("not a torchvision VGG16 state dict: fc6/fc7 are not 4096-d")
         with torch.no_grad():
-            copy_into(self.fc6, decimate_fc6(fc6_weight), fc6_bias[::FILTER_STEP], "fc6")
+            fc6 = decimate_fc6(fc6_weight)
+            copy_into(self.fc6, fc6, fc6_bias[::FILTER_STEP], "fc6", "VGG16")
             fc7 = fc7_weight[::FILTER_STEP, ::FILTER_STEP]
-            copy_into(self.fc7, fc7, fc7_bias[::FILTER_STEP], "fc7")
+            copy_into(self.fc7, fc7, fc7_bias[::FILTER_STEP], "fc7", "VGG16")
 
     def forward_logits(self, x: Tensor) -> Tensor:
         """Class scores at output stride 8."""
@@ -144,12 +139,6 @@ class DeepLabLargeFOV(SegmentationModel):
     def spatial_layers(self) -> list[Layer]:
         """The spatial layers up to the stride-8 logits, for receptive-field arithmetic."""
         return layers_of([self.features, self.fc6, self.fc7, self.fc8])
-
-
-@register_model("deeplab-largefov")
-def deeplab_largefov(num_classes: int, **options: object) -> DeepLabLargeFOV:
-    """DeepLab-LargeFOV (VGG16, atrous fc6, output stride 8; ICLR 2015)."""
-    return DeepLabLargeFOV(num_classes, **options)
 
 
 __all__ = ["DeepLabLargeFOV", "decimate_fc6", "upsample_aligned"]

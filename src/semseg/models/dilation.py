@@ -1,32 +1,50 @@
 """Dilation8: Yu & Koltun's VGG16 front end, alone or with the basic context module.
 
 Yu & Koltun, "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016.
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W; class
+scores before the upsampling (``forward_logits``) ``(N, num_classes, H/8, W/8)``.
+Registered as ``dilation8-frontend`` and ``dilation8-context``; options ``keep_prob``,
+``width_mult``, ``pretrained`` and ``backbone_weights``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semseg.models.base import SegmentationModel
+from semseg.models.base import SegmentationModel, gaussian_conv_
+from semseg.models.encoders import backbone_state_dict
 from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
-from semseg.models.trunk import (
-    backbone_state_dict,
-    check_model_options,
+from semseg.models.vgg import (
+    FC_CHANNELS,
     copy_into,
     fc_weight,
-    gaussian_conv_,
-    identity_conv_,
+    he_init_,
     load_trunk,
+    scaled,
     vgg16_trunk,
 )
-from semseg.models.vgg import FC_CHANNELS, scaled
 
 CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 """The basic context module's 3x3 layers (Table 1 of the paper; then a 1x1 layer)."""
+
+
+def identity_conv_(layer: nn.Conv2d) -> nn.Conv2d:
+    """Identity initialisation (Yu & Koltun): output channel c copies input channel c at the
+    kernel centre, every other weight and the bias are zero."""
+    out_channels, in_channels, kh, kw = layer.weight.shape
+    with torch.no_grad():
+        layer.weight.zero_()
+        for channel in range(min(out_channels, in_channels)):
+            layer.weight[channel, channel, kh // 2, kw // 2] = 1.0
+        if layer.bias is not None:
+            layer.bias.zero_()
+    return layer
 
 
 class ContextModule(nn.Sequential):
@@ -48,6 +66,8 @@ class ContextModule(nn.Sequential):
         super().__init__(*layers)
 
 
+@register_model("dilation8-context", context=True)
+@register_model("dilation8-frontend", context=False)
 class Dilation8(SegmentationModel):
     """Dilation8 front end (Yu & Koltun, ICLR 2016) on VGG16, optionally with the context module.
 
@@ -69,7 +89,8 @@ class Dilation8(SegmentationModel):
     Weights: ``pretrained`` (torchvision's ImageNet ``VGG16_Weights``) or ``backbone_weights`` (a
     local torchvision ``vgg16`` state dict) load conv1-5, and fc6/fc7 reshaped from the fully
     connected layers (the same shapes); ``final`` starts random, the context module as identity.
-    A front-end state dict is the context model's without the ``context.*`` entries.
+    A front-end state dict is the context model's without the ``context.*`` entries. The
+    backbone is VGG16 only, so the model takes no ``backbone`` option.
     """
 
     output_stride = 8
@@ -83,12 +104,9 @@ class Dilation8(SegmentationModel):
         width_mult: float = 1.0,
         pretrained: bool = False,
         backbone_weights: str | Path | None = None,
-        backbone: str = "vgg16",
     ) -> None:
         super().__init__(num_classes)
-        check_model_options(
-            "Dilation8", backbone, ("vgg16",), keep_prob, width_mult, pretrained, backbone_weights
-        )
+        state = backbone_state_dict("vgg16", pretrained, backbone_weights, width_mult)
         pools: list[nn.Module] = [nn.MaxPool2d(2, stride=2) for _ in range(3)]
         pools += [nn.Identity(), nn.Identity()]
         self.features = vgg16_trunk(width_mult, pools=pools, dilations=(1, 1, 1, 1, 2))
@@ -97,23 +115,21 @@ class Dilation8(SegmentationModel):
         self.fc6 = nn.Conv2d(conv5_channels, fc_channels, 7, padding=12, dilation=4)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         for layer in (self.fc6, self.fc7):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            he_init_(layer)
         self.relu = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(p=1.0 - keep_prob)
         self.drop7 = nn.Dropout(p=1.0 - keep_prob)
         self.final = gaussian_conv_(nn.Conv2d(fc_channels, num_classes, 1), std=0.001)
         self.context = ContextModule(num_classes) if context else None
         self.receptive_field = 908 if context else 380
-        state = backbone_state_dict(pretrained, backbone_weights, width_mult)
         if state is not None:
             self.load_torchvision_state_dict(state)
 
     def load_torchvision_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """conv1-5, fc6 and fc7 from a torchvision ``vgg16`` state dict."""
         load_trunk(self.features, state_dict, "VGG16")
-        copy_into(self.fc6, *fc_weight(state_dict, 0, "VGG16"), "fc6")
-        copy_into(self.fc7, *fc_weight(state_dict, 3, "VGG16"), "fc7")
+        copy_into(self.fc6, *fc_weight(state_dict, 0, "VGG16"), "fc6", "VGG16")
+        copy_into(self.fc7, *fc_weight(state_dict, 3, "VGG16"), "fc7", "VGG16")
 
     def forward_logits(self, x: Tensor) -> Tensor:
         """Class scores at output stride 8 (after the context module, if any)."""
@@ -135,18 +151,6 @@ class Dilation8(SegmentationModel):
         if self.context is not None:
             modules.append(self.context)
         return layers_of(modules)
-
-
-@register_model("dilation8-frontend")
-def dilation8_frontend(num_classes: int, **options: object) -> Dilation8:
-    """Yu & Koltun's VGG16 front end (dilated conv5/fc6, output stride 8; ICLR 2016)."""
-    return Dilation8(num_classes, context=False, **options)
-
-
-@register_model("dilation8-context")
-def dilation8_context(num_classes: int, **options: object) -> Dilation8:
-    """The front end plus the basic context module (identity-initialised)."""
-    return Dilation8(num_classes, context=True, **options)
 
 
 __all__ = ["CONTEXT_DILATIONS", "ContextModule", "Dilation8"]

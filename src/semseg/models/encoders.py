@@ -25,6 +25,15 @@ architecture (the classification head is ignored). ``width_mult`` scales the VGG
 (ImageNet weights need 1.0); the others exist at width 1 only. ``keep_prob`` is the dropout keep
 probability after fc6 and fc7 (VGG) or on the stride-32 map (the others). From scratch every
 convolution is He initialised (fan-out) and BN starts as the identity, as in torchvision.
+
+Papers: VGG16, Simonyan & Zisserman, ICLR 2015; ResNet, He, Zhang, Ren & Sun, "Deep Residual
+Learning for Image Recognition", CVPR 2016; MobileNetV3, Howard et al., "Searching for
+MobileNetV3", ICCV 2019.
+
+This is the one backbone registry: :func:`register_encoder` records each name with its
+torchvision ImageNet weights, :func:`build_encoder` builds one for the FCN decoders, and
+:func:`backbone_state_dict` is where every model (SegNet, DeepLab and Dilation included, which
+build their own VGG16 trunks) gets its backbone's starting weights.
 """
 
 from __future__ import annotations
@@ -37,10 +46,28 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.models.trunk import check_model_options
-from semseg.models.vgg import EncoderFeatures, VGG16Encoder, load_state_dict_file
+from semseg.models.vgg import (
+    FC_CHANNELS,
+    copy_into,
+    fc_weight,
+    he_init_,
+    load_trunk,
+    scaled,
+    vgg16_trunk,
+)
+from semseg.models.weights import StateDict, starting_weights
 
 TAP_STRIDES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class EncoderFeatures:
+    """Feature maps an FCN decoder taps: stride 8 (``pool3``), 16 (``pool4``) and 32 (``fc7``),
+    named after VGG16's layers whatever the encoder."""
+
+    pool3: Tensor
+    pool4: Tensor
+    fc7: Tensor
 
 
 @dataclass(frozen=True)
@@ -118,18 +145,37 @@ def features_at_taps(feature_info: tuple[StageInfo, ...], stages: list[Tensor]) 
 # --- VGG16 and VGG16-BN: the FCN paper's encoder (fc6/fc7 as convolutions) -------------------
 
 
-class VGGEncoder(VGG16Encoder):
-    """:class:`VGG16Encoder` (optionally with BN after every convolution) with ``feature_info``.
+class VGGEncoder(Encoder):
+    """VGG16 (Simonyan & Zisserman, ICLR 2015) with fc6/fc7 as convolutions (Long et al., CVPR
+    2015), optionally with BN after every convolution of the trunk (torchvision's ``vgg16_bn``).
 
-    Stages: pool1..pool5 (strides 2..32) and fc7 (stride 32); the taps are pool3, pool4, fc7.
-    Parameter names and ``forward`` are :class:`VGG16Encoder`'s (checkpoints stay loadable).
+    The trunk is :func:`semseg.models.vgg.vgg16_trunk` (``features.N`` as torchvision's); fc6 is a
+    7x7 convolution padded by 3 (it keeps the stride-32 grid) and fc7 a 1x1 convolution, each
+    followed by ReLU and dropout (``1 - keep_prob``), so torchvision's classifier weights load
+    reshaped. Input ``(N, 3, H, W)`` with H and W multiples of 32; stages pool1..pool5 (strides
+    2..32) and fc7 (stride 32, ``4096w`` channels); taps pool3 ``(N, 256w, H/8, W/8)``, pool4
+    ``(N, 512w, H/16, W/16)`` and fc7 ``(N, 4096w, H/32, W/32)``, ``w`` the width multiplier
+    (``1.0`` is VGG16 proper; ImageNet weights load only then). Every convolution is He
+    initialised (fan-out).
     """
 
     def __init__(
         self, keep_prob: float = 0.5, width_mult: float = 1.0, batch_norm: bool = False
     ) -> None:
-        super().__init__(keep_prob=keep_prob, width_mult=width_mult, batch_norm=batch_norm)
+        super().__init__()
+        self.width_mult = width_mult
         self.batch_norm = batch_norm
+        self.features = vgg16_trunk(width_mult, batch_norm=batch_norm, he_init=False)
+        conv5_channels = scaled(512, width_mult)
+        fc_channels = scaled(FC_CHANNELS, width_mult)
+        self.fc6 = nn.Conv2d(conv5_channels, fc_channels, kernel_size=7, padding=3)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, kernel_size=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(p=1.0 - keep_prob)
+        self.drop7 = nn.Dropout(p=1.0 - keep_prob)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                he_init_(module)
         stages: list[StageInfo] = []
         channels = 3
         for index, module in enumerate(self.features):
@@ -151,10 +197,32 @@ class VGGEncoder(VGG16Encoder):
             x = layer(x)
             if index in self._pool_indices:
                 stages.append(x)
-        x = self.drop6(self.relu(self.fc6(x)))
-        x = self.drop7(self.relu(self.fc7(x)))
-        stages.append(x)
+        stages.append(self.fc_layers(x))
         return stages
+
+    def forward(self, x: Tensor) -> EncoderFeatures:
+        """The taps only: pool1, pool2 and pool5 are not kept (less memory when predicting)."""
+        pool3 = pool4 = x
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index == self._pool_indices[2]:
+                pool3 = x
+            elif index == self._pool_indices[3]:
+                pool4 = x
+        return EncoderFeatures(pool3=pool3, pool4=pool4, fc7=self.fc_layers(x))
+
+    def fc_layers(self, x: Tensor) -> Tensor:
+        """fc6 and fc7 on the pool5 map, each with ReLU and dropout."""
+        x = self.drop6(self.relu(self.fc6(x)))
+        return self.drop7(self.relu(self.fc7(x)))
+
+    def load_torchvision_state_dict(self, state_dict: StateDict) -> None:
+        """Load a torchvision ``vgg16`` (``vgg16_bn``) state dict, fc6/fc7 reshaped to convs."""
+        if self.width_mult != 1.0:
+            raise SemsegError(f"ImageNet {self.arch} weights need width_mult 1.0")
+        load_trunk(self.features, state_dict, self.arch)
+        copy_into(self.fc6, *fc_weight(state_dict, 0, self.arch), "fc6", self.arch)
+        copy_into(self.fc7, *fc_weight(state_dict, 3, self.arch), "fc7", self.arch)
 
 
 # --- ResNet-18/34/50 ---------------------------------------------------------------------------
@@ -256,24 +324,45 @@ def block_stride(block: nn.Module) -> int:
 
 # --- registry ----------------------------------------------------------------------------------
 
-AnyEncoder = Encoder | VGGEncoder  # VGGEncoder keeps VGG16Encoder's layout
-EncoderFactory = Callable[[float, float], AnyEncoder]
-_ENCODERS: dict[str, tuple[EncoderFactory, str, str]] = {}
+EncoderFactory = Callable[[float, float], Encoder]
 
 
-def register_encoder(name: str, weights: str, weights_module: str = "torchvision.models"):
-    """Decorator: ``factory(keep_prob, width_mult) -> Encoder`` buildable as ``name``; ``weights``
-    names torchvision's weights enum whose ``IMAGENET1K_V1`` ``pretrained=True`` loads."""
+@dataclass(frozen=True)
+class EncoderEntry:
+    """A registered backbone: ``factory(keep_prob, width_mult)``, the torchvision weights enum
+    whose ``IMAGENET1K_V1`` ``pretrained=True`` loads, and the network's name in messages."""
+
+    factory: EncoderFactory
+    weights: str
+    label: str
+
+
+_ENCODERS: dict[str, EncoderEntry] = {}
+
+
+def register_encoder(
+    name: str, weights: str, label: str
+) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator: ``factory(keep_prob, width_mult) -> Encoder`` buildable as backbone ``name``."""
 
     def decorator(factory: EncoderFactory) -> EncoderFactory:
-        _ENCODERS[name] = (factory, weights, weights_module)
+        if name in _ENCODERS:
+            raise ValueError(f"encoder {name!r} is registered twice")
+        _ENCODERS[name] = EncoderEntry(factory, weights, label)
         return factory
 
     return decorator
 
 
 def list_encoders() -> list[str]:
+    """Names of the registered backbones, in registration order."""
     return list(_ENCODERS)
+
+
+def encoder_entry(name: str) -> EncoderEntry:
+    if name not in _ENCODERS:
+        raise SemsegError(f"unknown backbone {name!r}; available: {', '.join(list_encoders())}")
+    return _ENCODERS[name]
 
 
 def _width_one(name: str, width_mult: float) -> None:
@@ -281,53 +370,51 @@ def _width_one(name: str, width_mult: float) -> None:
         raise SemsegError(f"encoder {name} exists at width_mult 1.0 only (got {width_mult})")
 
 
-@register_encoder("vgg16", "VGG16_Weights")
-def _vgg16(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("vgg16", "VGG16_Weights", "VGG16")
+def _vgg16(keep_prob: float, width_mult: float) -> Encoder:
     return VGGEncoder(keep_prob, width_mult, batch_norm=False)
 
 
-@register_encoder("vgg16_bn", "VGG16_BN_Weights")
-def _vgg16_bn(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("vgg16_bn", "VGG16_BN_Weights", "VGG16-BN")
+def _vgg16_bn(keep_prob: float, width_mult: float) -> Encoder:
     return VGGEncoder(keep_prob, width_mult, batch_norm=True)
 
 
-@register_encoder("resnet18", "ResNet18_Weights")
-def _resnet18(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("resnet18", "ResNet18_Weights", "ResNet-18")
+def _resnet18(keep_prob: float, width_mult: float) -> Encoder:
     _width_one("resnet18", width_mult)
     return ResNetEncoder(18, keep_prob)
 
 
-@register_encoder("resnet34", "ResNet34_Weights")
-def _resnet34(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("resnet34", "ResNet34_Weights", "ResNet-34")
+def _resnet34(keep_prob: float, width_mult: float) -> Encoder:
     _width_one("resnet34", width_mult)
     return ResNetEncoder(34, keep_prob)
 
 
-@register_encoder("resnet50", "ResNet50_Weights")
-def _resnet50(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("resnet50", "ResNet50_Weights", "ResNet-50")
+def _resnet50(keep_prob: float, width_mult: float) -> Encoder:
     _width_one("resnet50", width_mult)
     return ResNetEncoder(50, keep_prob)
 
 
-@register_encoder("mobilenet_v3_large", "MobileNet_V3_Large_Weights")
-def _mobilenet_v3_large(keep_prob: float, width_mult: float) -> AnyEncoder:
+@register_encoder("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "MobileNetV3-Large")
+def _mobilenet_v3_large(keep_prob: float, width_mult: float) -> Encoder:
     _width_one("mobilenet_v3_large", width_mult)
     return MobileNetV3Encoder(keep_prob)
 
 
-def imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet weights of encoder ``name`` through its weights API (cached)."""
-    import importlib
-
-    _, weights, module = _ENCODERS[name]
-    try:
-        enum = getattr(importlib.import_module(module), weights)
-        return enum.IMAGENET1K_V1.get_state_dict(progress=True)
-    except Exception as error:  # network errors come in many types (URLError, OSError, ...)
-        raise SemsegError(
-            f"could not fetch torchvision's ImageNet {name} weights ({weights}; no network?); "
-            "download them on a connected machine and pass --backbone-weights PATH"
-        ) from error
+def backbone_state_dict(
+    name: str,
+    pretrained: bool = False,
+    backbone_weights: str | Path | None = None,
+    width_mult: float = 1.0,
+) -> StateDict | None:
+    """The torchvision state dict backbone ``name`` starts from: its ImageNet weights
+    (``pretrained``), a local file (``backbone_weights``), or None for neither. Every model gets
+    its backbone's weights here, before it builds a layer (see :mod:`semseg.models.weights`)."""
+    entry = encoder_entry(name)
+    return starting_weights(pretrained, backbone_weights, width_mult, entry.weights, entry.label)
 
 
 def build_encoder(
@@ -336,18 +423,11 @@ def build_encoder(
     width_mult: float = 1.0,
     pretrained: bool = False,
     backbone_weights: str | Path | None = None,
-) -> AnyEncoder:
+) -> Encoder:
     """Encoder ``name``, from scratch, with ImageNet weights or with a local state dict."""
-    state_dict = None  # read first: a missing or broken file is the error a user sees
-    if backbone_weights and not pretrained:
-        state_dict = load_state_dict_file(backbone_weights)
-    check_model_options(
-        "FCN", name, tuple(_ENCODERS), keep_prob, width_mult, pretrained, backbone_weights,
-        weights_name=name,
-    )  # fmt: skip
-    if pretrained:
-        state_dict = imagenet_state_dict(name)
-    encoder = _ENCODERS[name][0](keep_prob, width_mult)
+    entry = encoder_entry(name)
+    state_dict = backbone_state_dict(name, pretrained, backbone_weights, width_mult)
+    encoder = entry.factory(keep_prob, width_mult)
     if state_dict is not None:
         encoder.load_torchvision_state_dict(state_dict)
     return encoder
@@ -369,9 +449,10 @@ __all__ = [
     "Encoder",
     "EncoderFeatures",
     "StageInfo",
+    "VGGEncoder",
+    "backbone_state_dict",
     "build_encoder",
     "encoder_summary",
-    "imagenet_state_dict",
     "list_encoders",
     "register_encoder",
 ]

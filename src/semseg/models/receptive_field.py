@@ -1,7 +1,8 @@
 """Receptive fields from a layer list: which input pixels can change one output cell.
 
 A network is described, input to output, by :class:`Layer` entries (convolution or pooling
-windows, and x``factor`` nearest/unpooling upsampling). :func:`receptive_field` walks them backwards
+windows, x``factor`` nearest/unpooling upsampling, and transposed convolutions followed by a crop,
+as FCN's learned upsampling). :func:`receptive_field` walks them backwards
 from one output cell on an unbounded grid, exactly (integer intervals, padding included), so
 position-dependent cases such as unpooling followed by convolutions are counted without the usual
 "jump" approximation. Sizes are along one axis; every model here has square kernels.
@@ -20,9 +21,11 @@ class Layer:
     """One spatial operation along an axis.
 
     ``kind`` is ``"window"`` (convolution or pooling: ``kernel``, ``stride``, ``dilation``,
-    ``padding``) or ``"up"`` (``factor``-times upsampling where output cell ``i`` reads input cell
+    ``padding``), ``"up"`` (``factor``-times upsampling where output cell ``i`` reads input cell
     ``i // factor``: nearest neighbour, or max unpooling with stored indices, whose output can be
-    changed by anything that changes the pooled cell it reads).
+    changed by anything that changes the pooled cell it reads) or ``"transposed"`` (a transposed
+    convolution with ``kernel`` and stride ``factor`` whose output is cropped from ``padding``
+    on: output cell ``o`` reads input cells ``i`` with ``0 <= o + padding - i * factor < kernel``).
     """
 
     kind: str = "window"
@@ -48,11 +51,19 @@ def upsample(factor: int) -> Layer:
     return Layer("up", factor=factor)
 
 
+def transposed(kernel: int, stride: int, crop: int = 0) -> Layer:
+    """A transposed convolution (``kernel``, ``stride``) whose output is cropped from ``crop``."""
+    return Layer("transposed", kernel=kernel, padding=crop, factor=stride)
+
+
 def input_interval(layers: Sequence[Layer], lo: int, hi: int) -> tuple[int, int]:
     """Input cells ``[lo', hi']`` that output cells ``[lo, hi]`` depend on (unbounded grid)."""
     for layer in reversed(layers):
         if layer.kind == "up":
             lo, hi = lo // layer.factor, hi // layer.factor
+        elif layer.kind == "transposed":
+            lo = -(-(lo + layer.padding - layer.kernel + 1) // layer.factor)  # ceiling division
+            hi = (hi + layer.padding) // layer.factor
         elif layer.kind == "window":
             lo = lo * layer.stride - layer.padding
             hi = hi * layer.stride - layer.padding + layer.dilation * (layer.kernel - 1)
@@ -80,12 +91,18 @@ def receptive_field(layers: Sequence[Layer], position: int | None = None) -> int
     if position is not None:
         lo, hi = input_interval(layers, position, position)
         return hi - lo + 1
+    return receptive_field_range(layers)[1]
+
+
+def receptive_field_range(layers: Sequence[Layer]) -> tuple[int, int]:
+    """Smallest and largest receptive field over one period of output positions."""
     period = 1
     for layer in layers:
-        if layer.kind == "up":
+        if layer.kind in ("up", "transposed"):
             period *= layer.factor
     base = 1000 * period  # away from the origin: the grid is unbounded, borders play no part
-    return max(receptive_field(layers, base + offset) for offset in range(period))
+    sizes = [receptive_field(layers, base + offset) for offset in range(period)]
+    return min(sizes), max(sizes)
 
 
 def _first(value: int | tuple[int, ...]) -> int:
@@ -145,5 +162,7 @@ __all__ = [
     "output_stride",
     "pool",
     "receptive_field",
+    "receptive_field_range",
+    "transposed",
     "upsample",
 ]

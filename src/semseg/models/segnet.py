@@ -2,6 +2,11 @@
 
 Badrinarayanan, Kendall & Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for
 Image Segmentation", IEEE TPAMI 2017.
+
+Shapes: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes, H, W)`` logits for any H, W (output
+stride 1). Registered as ``segnet``; options ``backbone``, ``width_mult``, ``pretrained`` and
+``backbone_weights`` (no ``keep_prob``: SegNet has no dropout). Exports to ONNX
+(:class:`MaxUnpool2x2`).
 """
 
 from __future__ import annotations
@@ -9,19 +14,15 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
+from semseg.errors import SemsegError
 from semseg.models.base import SegmentationModel
+from semseg.models.encoders import backbone_state_dict
 from semseg.models.receptive_field import Layer, layers_of, upsample
 from semseg.models.registry import register_model
-from semseg.models.trunk import (
-    VGG16_BLOCKS,
-    backbone_state_dict,
-    check_model_options,
-    load_trunk,
-    vgg16_trunk,
-)
-from semseg.models.vgg import scaled
+from semseg.models.vgg import VGG16_BLOCKS, he_init_, load_trunk, scaled, vgg16_trunk
 
 # Decoder blocks, deepest first: output channels of each conv-BN-ReLU, mirroring the encoder
 # (block 5: 512 512 512; block 4: 512 512 256; ...; block 1: 64, then the classifier).
@@ -45,12 +46,44 @@ warnings.filterwarnings(
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
+    conv = he_init_(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
     return [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
+def unpool_by_mask(x: Tensor, indices: Tensor) -> Tensor:
+    """2x2/2 max unpooling written with shape-generic operations (no scatter), for export.
+
+    Output cell ``(i, j)`` takes the value of pooled cell ``(i // 2, j // 2)`` when that cell's
+    argmax index (a flat index into the ``2h x 2w`` plane, as ``nn.MaxPool2d`` returns it) is
+    ``i * 2w + j``, and zero otherwise: exactly ``nn.MaxUnpool2d(2, 2)`` for non-overlapping
+    windows, whose indices never collide. ``(N, C, h, w) -> (N, C, 2h, 2w)``.
+    """
+    n, c, h, w = x.shape
+    up = x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+    index = indices[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+    position = torch.arange(4 * h * w, device=x.device).reshape(2 * h, 2 * w)
+    return torch.where(index == position, up, torch.zeros_like(up))
+
+
+class MaxUnpool2x2(nn.MaxUnpool2d):
+    """``nn.MaxUnpool2d(2, 2)`` that also exports to ONNX.
+
+    torch's ONNX exporter has no rule for ``max_unpool2d``; while exporting, the same values come
+    from :func:`unpool_by_mask` (standard Expand / Equal / Where operators). The output size is
+    then always twice the input's, which is what SegNet's decoder asks for: its input is padded
+    to a multiple of 32, so every pooled map halves an even size.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor, indices: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return unpool_by_mask(x, indices)
+        return super().forward(x, indices, output_size)
+
+
+@register_model("segnet")
 class SegNet(SegmentationModel):
     """SegNet (Badrinarayanan et al., TPAMI 2017) on torchvision's ``vgg16_bn`` feature layout.
 
@@ -72,8 +105,8 @@ class SegNet(SegmentationModel):
 
     ``backbone``: ``vgg16_bn`` (or ``vgg16``, naming the family: SegNet's encoder always has BN);
     ``pretrained`` loads torchvision's ImageNet ``VGG16_BN_Weights``, ``backbone_weights`` a local
-    ``vgg16_bn`` state dict; the decoder starts from He initialisation. ``keep_prob`` is accepted
-    and unused: SegNet has no dropout (that is Bayesian SegNet).
+    ``vgg16_bn`` state dict; the decoder starts from He initialisation. SegNet has no dropout
+    (that is Bayesian SegNet), so it takes no ``keep_prob``.
     """
 
     receptive_field = 404
@@ -82,22 +115,22 @@ class SegNet(SegmentationModel):
     def __init__(
         self,
         num_classes: int,
-        keep_prob: float = 0.5,
         width_mult: float = 1.0,
         pretrained: bool = False,
         backbone_weights: str | Path | None = None,
         backbone: str = "vgg16_bn",
     ) -> None:
         super().__init__(num_classes)
-        check_model_options(
-            "SegNet", backbone, BACKBONES, keep_prob, width_mult, pretrained, backbone_weights,
-            batch_norm=True,
-        )  # fmt: skip
+        if backbone not in BACKBONES:
+            raise SemsegError(
+                f"unknown backbone {backbone!r} for segnet; available: {', '.join(BACKBONES)}"
+            )
+        state = backbone_state_dict("vgg16_bn", pretrained, backbone_weights, width_mult)
         pools = [
             nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True) for _ in range(VGG16_BLOCKS)
         ]
         self.features = vgg16_trunk(width_mult, batch_norm=True, pools=pools)
-        self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
+        self.unpool = MaxUnpool2x2()
         blocks = []
         in_channels = scaled(512, width_mult)
         for layout in DECODER_LAYOUT:
@@ -109,7 +142,6 @@ class SegNet(SegmentationModel):
             blocks.append(nn.Sequential(*layers))
         self.decoder = nn.ModuleList(blocks)
         self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=1)
-        state = backbone_state_dict(pretrained, backbone_weights, width_mult, batch_norm=True)
         if state is not None:
             load_trunk(self.features, state, "vgg16_bn")
 
@@ -143,10 +175,4 @@ class SegNet(SegmentationModel):
         return layers + layers_of([self.classifier])
 
 
-@register_model("segnet")
-def segnet(num_classes: int, **options: object) -> SegNet:
-    """SegNet (VGG16-BN encoder, max-unpooling decoder; TPAMI 2017)."""
-    return SegNet(num_classes, **options)
-
-
-__all__ = ["SegNet"]
+__all__ = ["MaxUnpool2x2", "SegNet", "unpool_by_mask"]
