@@ -73,7 +73,7 @@ class TagDataset(Dataset):
             image = np.asarray(resized)
         if self.flip and torch.rand(()) < 0.5:
             image = image[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0  # a copy
         return tensor, torch.from_numpy(self.targets[index])
 
 
@@ -136,12 +136,15 @@ class TagTask(L.LightningModule):
                  batch_size=batch[0].shape[0])  # fmt: skip
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         images, targets = batch
         if targets.ndim == 2:  # tags
             scores = self.image_scores(images)
-            self.log("val_loss", mil_loss(scores, targets), on_epoch=True,
-                     batch_size=images.shape[0])  # fmt: skip
+            loss = mil_loss(scores, targets)
+            self.log("val_loss", loss, on_epoch=True, batch_size=images.shape[0],
+                     add_dataloader_idx=False)  # fmt: skip
             self.val_map.update(scores.sigmoid(), targets.long())
         elif self.hparams.method == "mil":  # full masks
             self.val_iou.update(self(images).argmax(dim=1), targets.long())
