@@ -27,6 +27,7 @@ from semseg.weak.tags import (
 )
 
 NAMES = ["sky", "road", "car"]
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 def hand_mask() -> np.ndarray:
@@ -197,3 +198,29 @@ def test_write_then_read_round_trip(tmp_path, suffix):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
     with pytest.raises(SemsegError, match=r"--out .*\.txt"):
         write_tags(tmp_path / "out.txt", plain, NAMES)
+
+
+@pytest.mark.skipif(
+    not (CAMVID / "train" / "masks").is_dir(), reason="../shared/data/camvid absent"
+)
+def test_derive_tags_on_camvid_crops(tmp_path):
+    from semseg.data.folder import read_mask
+    from semseg.data.multiclass import class_table_for, split_samples
+
+    table = class_table_for("folder", CAMVID)
+    samples = split_samples("folder", CAMVID, "train")[:3]
+
+    def read(sample: Sample) -> np.ndarray:
+        return read_mask(sample.target_path, table.num_classes, table)
+
+    whole = derive_tags(samples, read, table.names)
+    crops = derive_tags(samples, read, table.names, crop=(180, 240))
+    assert len(whole) == 3 and len(crops) == 12  # 360x480 frames: 2x2 crops each
+    for sample in samples:
+        mask = read(sample)
+        union = {c for r in crops if r.name == sample.name for c in r.classes}
+        # every class tagged in a crop occurs in the frame
+        assert union <= {table.names[k] for k in present_classes(mask, table.num_classes, 0.0)}
+    path = tmp_path / "camvid_tags.csv"
+    write_tags(path, crops, table.names)
+    assert read_tags(path, table.names) == crops

@@ -75,8 +75,17 @@ def test_two_plain_steps_change_the_weights_and_lower_the_loss(tagged, method, o
         assert task.tag_loss(batch).item() < losses[0]  # the same batch, after two steps
     if method == "mil":
         assert task(batch[0]).shape == (3, 3, 32, 48)  # per-pixel scores, as any segmenter
+        from semseg.models import build_model
+
+        rebuilt = build_model("fcn8s", 3, width_mult=0.125)
+        rebuilt.load_state_dict(task.segmentation_model().state_dict())
+        rebuilt.eval(), task.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(batch[0]), task(batch[0]))
     else:
         assert task(batch[0]).shape == (3, 3)
+        with pytest.raises(SemsegError, match="not a segmentation model"):
+            task.segmentation_model()
 
 
 def test_lightning_fit_two_steps_with_tag_and_mask_validation(tmp_path):

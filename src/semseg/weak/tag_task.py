@@ -116,6 +116,13 @@ class TagTask(L.LightningModule):
         """MIL: pixel scores ``(N, K, H, W)``; CAM: class logits ``(N, K)``."""
         return self.model(images)
 
+    def segmentation_model(self) -> torch.nn.Module:
+        """MIL: the registry segmentation model inside (its state dict loads into
+        ``build_model(model_name, num_classes, **model_options)``, for predict/evaluate)."""
+        if self.hparams.method != "mil":
+            raise SemsegError("a CAM classifier is not a segmentation model; use its pseudo-labels")
+        return self.model.model
+
     def image_scores(self, images: Tensor) -> Tensor:
         """``(N, K)`` image-level logits (LSE-pooled for MIL, GAP + linear for CAM)."""
         if self.hparams.method == "mil":
