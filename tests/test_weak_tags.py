@@ -16,6 +16,7 @@ from semseg.weak.tags import (
     TagRecord,
     crop_grid,
     derive_tags,
+    image_tags,
     match_samples,
     parse_crop,
     present_classes,
@@ -109,6 +110,18 @@ def test_derive_tags_over_samples():
     assert records == [TagRecord("a", ("sky", "road")), TagRecord("b", ("car",))]
     assert tag_counts(records, NAMES) == {"sky": 1, "road": 1, "car": 1}
     np.testing.assert_array_equal(tag_matrix(records, NAMES), [[1, 1, 0], [0, 0, 1]])
+
+
+def test_image_tags_are_the_union_over_crops():
+    records = [
+        TagRecord("a", ("sky",), Crop(0, 0, 2, 2)),
+        TagRecord("a.png", ("car",), Crop(0, 2, 2, 2)),
+        TagRecord("b", ()),
+    ]
+    union = image_tags(records, NAMES)
+    assert sorted(union) == ["a", "b"]
+    np.testing.assert_array_equal(union["a"], [1, 0, 1])
+    np.testing.assert_array_equal(union["b"], [0, 0, 0])
 
 
 # --- readers and writers -----------------------------------------------------------------------

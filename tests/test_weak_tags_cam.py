@@ -20,6 +20,7 @@ from semseg.weak.cam import (
     normalise_cams,
     pseudo_label_confusion,
     upsample_cams,
+    write_cam_pseudo_labels,
     write_label_png,
 )
 
@@ -174,3 +175,32 @@ def test_label_png_round_trip_and_confusion(tmp_path):
     # pixels labelled in both: (0,0) 0/0, (0,1) gt 0 -> 1, (1,2) 0/0
     np.testing.assert_array_equal(matrix, [[2, 1], [0, 0]])
     assert (labelled, valid) == (3, 5)
+
+
+def test_write_cam_pseudo_labels_scores_against_ground_truth(classifier, tmp_path):
+    rng = np.random.default_rng(1)
+    images = [(rng.random((32, 40, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    target = np.zeros((32, 40), np.uint8)
+    target[:, 20:] = 2
+    target[0] = 255
+    items = [
+        ("a", images[0], np.array([0.0, 0.0, 1.0]), target),
+        ("b", images[1], np.array([1.0, 0.0, 0.0]), None),
+    ]
+    thresholds = CAMThresholds(0.1, 0.3)
+    summary = write_cam_pseudo_labels(classifier, items, tmp_path / "labels", thresholds)
+    assert summary.images == 2
+    written = {p.name for p in (tmp_path / "labels").iterdir()}
+    assert written == {"a.png", "b.png"}
+    a = np.asarray(Image.open(tmp_path / "labels" / "a.png"))
+    np.testing.assert_array_equal(
+        a, cam_labels_for_image(classifier, images[0], items[0][2], thresholds)
+    )
+    assert set(np.unique(a)) <= {2, 255}
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "labels" / "b.png")))) <= {0, 255}
+    # scored on image a only: every labelled pixel says class 2
+    assert summary.valid == 31 * 40
+    assert summary.labelled == int(((a != 255) & (target != 255)).sum())
+    assert summary.matrix[:, [0, 1]].sum() == 0
+    assert summary.matrix[2, 2] == int(((a == 2) & (target == 2)).sum())
+    assert summary.coverage == pytest.approx(summary.labelled / summary.valid)

@@ -26,6 +26,7 @@ al. obtained by removing VGG's last layers).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +218,46 @@ def cam_labels_for_image(
     return cam_pseudo_labels(maps_np, thresholds)
 
 
+@dataclass
+class PseudoLabelSummary:
+    """What :func:`write_cam_pseudo_labels` wrote and, with ground truth, how good it is:
+    the confusion matrix over pixels labelled in both, and the labelled / valid pixel counts
+    (coverage = labelled / valid)."""
+
+    images: int
+    matrix: np.ndarray
+    labelled: int = 0
+    valid: int = 0
+
+    @property
+    def coverage(self) -> float:
+        return self.labelled / self.valid if self.valid else float("nan")
+
+
+def write_cam_pseudo_labels(
+    model: CAMClassifier,
+    items: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
+    out_dir: str | Path,
+    thresholds: CAMThresholds | None = None,
+    crf: CRFParams | None = None,
+) -> PseudoLabelSummary:
+    """Write ``OUT_DIR/NAME.png`` for each ``(name, RGB image, tags (K,), ground truth or
+    None)`` and score the labels against the ground truth given."""
+    out_dir = Path(out_dir)
+    num_classes = model.num_classes
+    summary = PseudoLabelSummary(0, np.zeros((num_classes, num_classes), dtype=np.int64))
+    for name, image, tags, target in items:
+        labels = cam_labels_for_image(model, image, tags, thresholds, crf)
+        write_label_png(out_dir / f"{name}.png", labels)
+        summary.images += 1
+        if target is not None:
+            matrix, labelled, valid = pseudo_label_confusion(labels, target, num_classes)
+            summary.matrix += matrix
+            summary.labelled += labelled
+            summary.valid += valid
+    return summary
+
+
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """Write ``(H, W)`` uint8 class ids (255 = ignore) as a single-channel PNG, atomically."""
     labels = np.asarray(labels)
@@ -246,6 +287,7 @@ def pseudo_label_confusion(
 __all__ = [
     "CAMClassifier",
     "CAMThresholds",
+    "PseudoLabelSummary",
     "cam_labels_for_image",
     "cam_pseudo_labels",
     "class_activation_maps",
@@ -253,5 +295,6 @@ __all__ = [
     "normalise_cams",
     "pseudo_label_confusion",
     "upsample_cams",
+    "write_cam_pseudo_labels",
     "write_label_png",
 ]

@@ -362,6 +362,15 @@ def tags_csv(records: Sequence[TagRecord]) -> str:
     return buffer.getvalue()
 
 
+def image_tags(records: Sequence[TagRecord], class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{image name: (K,) multi-hot}``: the tags of each image, the union over its crops."""
+    targets = tag_matrix(records, class_names)
+    union: dict[str, np.ndarray] = {}
+    for record, row in zip(records, targets, strict=True):
+        union[record.name] = np.maximum(union.get(record.name, row), row)
+    return union
+
+
 def tag_counts(records: Sequence[TagRecord], class_names: Sequence[str]) -> dict[str, int]:
     """How many records carry each class (a summary for ``semseg derive --to tags``)."""
     totals = tag_matrix(records, class_names).sum(axis=0)
@@ -375,6 +384,7 @@ __all__ = [
     "crop_grid",
     "derive_tags",
     "image_key",
+    "image_tags",
     "match_samples",
     "parse_crop",
     "present_classes",
