@@ -210,3 +210,10 @@ def test_inference_settings_are_checked():
         mil_labels(torch.zeros(2, 3, 3), MILInference(smoothing="slic"))
     with pytest.raises(SemsegError, match="unknown superpixel method"):
         superpixels(two_halves(), "quickshift")
+
+
+def test_lse_pool_of_half_precision_scores_is_float32():
+    scores = random_scores(2).to(torch.bfloat16)
+    pooled = lse_pool(scores, 5.0)
+    assert pooled.dtype == torch.float32
+    np.testing.assert_allclose(pooled.numpy(), direct_lse(scores.double().numpy(), 5.0), atol=1e-5)

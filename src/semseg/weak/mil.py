@@ -53,10 +53,13 @@ def lse_pool(scores: Tensor, r: float) -> Tensor:
     """Log-Sum-Exp pooling of ``(N, C, H, W)`` pixel scores to ``(N, C)`` image scores.
 
     ``(1/r) log(mean_ij exp(r s(i, j)))``, evaluated as ``(logsumexp(r s) - log(H W)) / r`` so
-    that large ``r`` or large scores do not overflow.
+    that large ``r`` or large scores do not overflow (half-precision scores are pooled in
+    float32).
     """
     r = check_lse_r(r)
     flat = scores.flatten(start_dim=2)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
     return (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
 
 
