@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from semseg.config import (
     config_from_dict,
     load_config,
     packaged_config_names,
+    resolve_config,
     resolve_config_path,
     validate,
 )
@@ -46,7 +48,7 @@ def test_demo_config_loads_and_validates() -> None:
     assert config.data.kind == "synthetic"
     assert config.data.synthetic_size == [188, 621]
     assert config.model.width_mult == 0.25 and config.model.keep_prob == 1.0
-    assert config.train.epochs == 16 and config.train.max_time_s == 600.0
+    assert config.train.epochs == 16 and config.train.max_time_s is None  # stops by epochs
     validate(config)
     assert {"demo", "kitti_fcn8s"} <= set(packaged_config_names())
     # the name with .yaml resolves to the packaged file too
@@ -167,3 +169,30 @@ def test_validate_accepts_other_kinds() -> None:
     validate(config)
     config = apply_overrides(valid_config(), ["model.keep_prob=1.0"])
     validate(config)
+
+
+def test_resolve_config_returns_a_resolved_copy(tmp_path: Path) -> None:
+    config = apply_overrides(Config(), ["data.kind=synthetic"])
+    resolved = resolve_config(config, tmp_path / "run")
+    assert (resolved.data.kind, resolved.data.root) == ("kitti", str(tmp_path / "run" / "data"))
+    assert (config.data.kind, config.data.root) == ("synthetic", None)  # the caller's is as it was
+    kitti = apply_overrides(Config(), ["data.root=somewhere"])
+    assert resolve_config(kitti, tmp_path) == kitti and resolve_config(kitti, tmp_path) is not kitti
+    with pytest.raises(SemsegError, match="--data"):
+        resolve_config(Config(), tmp_path)  # resolving validates
+
+
+def test_task_defaults_are_the_config_defaults() -> None:
+    import inspect
+
+    from semseg.config import ModelConfig, TrainConfig
+    from semseg.tasks.segmentation import SegmentationTask
+
+    parameters = inspect.signature(SegmentationTask).parameters
+    train, model = TrainConfig(), ModelConfig()
+    assert parameters["model_name"].default == model.name
+    assert parameters["num_classes"].default == model.num_classes
+    shared = set(parameters) & {f.name for f in fields(TrainConfig)}
+    assert shared >= {"lr", "weight_decay", "optimizer", "schedule", "loss", "loss_weight"}
+    for name in shared:
+        assert parameters[name].default == getattr(train, name), name

@@ -6,6 +6,7 @@ common fields also have plain flags. The resolved configuration is written into 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -251,6 +252,20 @@ def validate(config: Config) -> Config:
     if train.precision not in ("32", "bf16-mixed", "16-mixed", "64"):
         raise SemsegError(f"train.precision must be 32, bf16-mixed or 16-mixed: {train.precision}")
     return config
+
+
+def resolve_config(config: Config, run_dir: Path) -> Config:
+    """The validated configuration a run in ``run_dir`` uses, as a new object (``config`` is left
+    as it is): synthetic scenes are generated once into ``run_dir/data`` and read as KITTI.
+
+    Resolved before the run folder is made and never changed during the run; this is what the
+    run's ``config.yaml`` holds, so a resumed run reads the same data.
+    """
+    resolved = copy.deepcopy(validate(config))
+    if resolved.data.kind == "synthetic":
+        resolved.data.kind = "kitti"
+        resolved.data.root = str(Path(run_dir) / "data")
+    return resolved
 
 
 def save_config(config: Config, path: Path) -> None:
