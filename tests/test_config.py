@@ -196,3 +196,49 @@ def test_task_defaults_are_the_config_defaults() -> None:
     assert shared >= {"lr", "weight_decay", "optimizer", "schedule", "loss", "loss_weight"}
     for name in shared:
         assert parameters[name].default == getattr(train, name), name
+
+
+def alias_bomb(levels: int) -> str:
+    """A config whose string field nests ``9 ** levels`` strings through aliases."""
+    lines = ["train:", "  name:", "    - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"    - &a{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_before_expansion(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(6))  # 9**6 strings if expanded
+    assert len(bomb.read_bytes()) < 600
+    with pytest.raises(SemsegError, match="anchors and aliases") as error:
+        load_config(str(bomb))
+    message = str(error.value)
+    assert str(bomb) in message and "line 3" in message
+    assert "\n" not in message and len(message) < 200 + len(str(bomb))
+    with pytest.raises(SemsegError, match="anchors and aliases"):
+        apply_overrides(Config(), ["train.name=[&a x, *a]"])
+    # an anchor alone is refused too (it only exists to be aliased)
+    (tmp_path / "anchor.yaml").write_text("train: &t\n  epochs: 2\n")
+    with pytest.raises(SemsegError, match="anchors and aliases"):
+        load_config(str(tmp_path / "anchor.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train:\n  name: " + "[" * 50 + "x" + "]" * 50 + "\n",
+        "train:\n  name: {" + ", ".join(f"k{i}: {'v' * 500}" for i in range(2000)) + "}\n",
+        "data:\n  categories: [[" + ", ".join(["um"] * 5000) + "]]\n",
+        "train:\n  " + "x" * 5000 + ": 1\n",
+        "train:\n  name: " + "[" * 5000 + "]" * 5000 + "\n",
+    ],
+    ids=["nested-list", "huge-mapping", "nested-list-field", "long-key", "deep-nesting"],
+)
+def test_nested_or_huge_values_give_a_short_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    with pytest.raises(SemsegError) as error:
+        load_config(str(path))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400 + len(str(path)), message[:500]

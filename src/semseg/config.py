@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -16,9 +17,56 @@ from typing import Any
 import yaml
 
 from semseg.errors import SemsegError
+from semseg.io import first_line
 
 IGNORE_INDEX = 255
 CATEGORIES = ("um", "umm", "uu")
+MESSAGE_VALUE_CHARS = 60  # a value quoted in an error message is cut to this many characters
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = MESSAGE_VALUE_CHARS
+
+
+def describe(value: Any) -> str:
+    """A short, one-line ``repr`` of ``value`` for an error message (nested values bounded)."""
+    text = " ".join(_REPR.repr(value).split())
+    if len(text) > MESSAGE_VALUE_CHARS:
+        text = text[: MESSAGE_VALUE_CHARS - 3] + "..."
+    return text
+
+
+class NoAliasSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases (``&a`` / ``*a``).
+
+    A configuration has no use for them, and nested aliases let a few hundred bytes expand to
+    gigabytes (the "billion laughs" attack); they are refused as they are met, before anything
+    is expanded.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise SemsegError(
+                f"{mark.name}, line {mark.line + 1}: YAML anchors and aliases "
+                "(&name, *name) are not allowed in a configuration"
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_load_yaml(text: str, source: str = "<text>") -> Any:
+    """Parse YAML with :class:`NoAliasSafeLoader`; a one-line error names ``source``."""
+    loader = NoAliasSafeLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise SemsegError(f"{source} is not valid YAML: {first_line(error)}") from error
+    except RecursionError as error:
+        raise SemsegError(f"{source}: YAML nested too deeply") from error
+    finally:
+        loader.dispose()
 
 
 @dataclass
@@ -127,10 +175,7 @@ def load_config(name_or_path: str | None = None) -> Config:
     if name_or_path is None:
         return Config()
     path = resolve_config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SemsegError(f"config {path} is not valid YAML: {error}".splitlines()[0]) from error
+    raw = safe_load_yaml(path.read_text(), source=f"config {path}") or {}
     return config_from_dict(raw, source=str(path))
 
 
@@ -141,7 +186,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     config = Config()
     for section_name, values in raw.items():
         if section_name not in SECTIONS:
-            raise SemsegError(f"{source}: unknown section {section_name!r} (data, model, train)")
+            raise SemsegError(
+                f"{source}: unknown section {describe(section_name)} (data, model, train)"
+            )
         if not isinstance(values, dict):
             raise SemsegError(f"{source}: section {section_name!r} must be a mapping")
         for key, value in values.items():
@@ -151,14 +198,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def set_field(config: Config, dotted: str, value: Any, source: str = "override") -> None:
     """Set ``section.field`` to ``value``, converted to the field's type."""
-    section_name, _, key = dotted.partition(".")
+    section_name, _, key = str(dotted).partition(".")
     if section_name not in SECTIONS or not key:
-        raise SemsegError(f"{source}: {dotted!r} is not of the form data|model|train.FIELD")
+        raise SemsegError(f"{source}: {describe(dotted)} is not of the form data|model|train.FIELD")
     section = getattr(config, section_name)
     known = {f.name: f for f in fields(section)}
     if key not in known:
         raise SemsegError(
-            f"{source}: unknown field {dotted!r}; {section_name} has: {', '.join(known)}"
+            f"{source}: unknown field {describe(dotted)}; {section_name} has: {', '.join(known)}"
         )
     current = getattr(section, key)
     setattr(section, key, coerce(value, current, known[key], dotted))
@@ -171,11 +218,18 @@ def coerce(value: Any, current: Any, spec: dataclasses.Field, dotted: str) -> An
         if "None" in kind:
             return None
         raise SemsegError(f"{dotted} cannot be empty")
+    scalar = (str, int, float, bool)
     try:
         if kind.startswith("list"):
             items = value if isinstance(value, list) else str(value).split(",")
+            if not isinstance(value, (list, *scalar)) or not all(
+                isinstance(item, scalar) for item in items
+            ):
+                raise TypeError(type(value).__name__)
             item_type = int if "int" in kind else str
             return [item_type(str(item).strip()) for item in items]
+        if not isinstance(value, scalar):
+            raise TypeError(type(value).__name__)
         if kind.startswith("bool"):
             return parse_bool(value)
         if kind.startswith("int"):
@@ -186,7 +240,7 @@ def coerce(value: Any, current: Any, spec: dataclasses.Field, dotted: str) -> An
             return float(value)
         return str(value)
     except (TypeError, ValueError) as error:
-        raise SemsegError(f"{dotted}: cannot use {value!r} (expected {kind})") from error
+        raise SemsegError(f"{dotted}: cannot use {describe(value)} (expected {kind})") from error
 
 
 def parse_bool(value: Any) -> bool:
@@ -206,7 +260,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         dotted, sep, text = item.partition("=")
         if not sep:
             raise SemsegError(f"--set {item!r}: expected section.field=value")
-        value = yaml.safe_load(text) if text else ""
+        value = safe_load_yaml(text, source=f"--set {dotted.strip()}") if text else ""
         set_field(config, dotted.strip(), value, source="--set")
     return config
 
