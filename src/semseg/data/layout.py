@@ -15,8 +15,6 @@ from pathlib import Path
 
 from semseg.errors import SemsegError
 
-KINDS = ("kitti", "folder", "synthetic")
-
 
 def is_kitti_layout(root: Path) -> bool:
     """``root`` (or ``root/data_road``) holds KITTI's ``training/image_2``."""
