@@ -216,13 +216,22 @@ def test_folder_index_masks(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "ds", {"a": mask, "b": np.ones((12, 16), np.uint8)})
     samples = index_folder(root)
     assert [s.name for s in samples] == ["a", "b"]
-    assert all(s.category == "all" for s in samples)
+    assert all(s.category is None for s in samples)  # scored in the pooled "all" group only
     image, decoded = read_folder_sample(samples[0], num_classes=3, class_table=None)
     assert image.shape == (12, 16, 3)
     np.testing.assert_array_equal(decoded, mask)
     # a class index the model does not have
     with pytest.raises(SemsegError, match="class index 2"):
         read_folder_sample(samples[0], num_classes=2, class_table=None)
+
+
+def test_folder_split_is_the_one_earlier_releases_made(tmp_path: Path) -> None:
+    """Folder samples have no category; their split is seeded as before (stratum "all")."""
+    names = [f"f{i}" for i in range(10)]
+    root = make_folder(tmp_path / "ds", {name: np.zeros((12, 16), np.uint8) for name in names})
+    split = make_split(index_folder(root), 0.2, seed=3)
+    assert split == split_train_val({"all": names}, 0.2, 3)
+    assert len(split["val"]) == 2
 
 
 def test_folder_colour_masks_with_class_table(tmp_path: Path) -> None:

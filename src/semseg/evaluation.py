@@ -93,12 +93,17 @@ class SpaceScores:
         self.image_counts: dict[str, int] = {}
 
     def update(
-        self, category: str, confidence: np.ndarray, labels: np.ndarray, mask: np.ndarray
+        self,
+        category: str | None,
+        confidence: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray,
     ) -> None:
-        """One image: positive-class confidence, argmax labels and class-index GT mask."""
+        """One image: positive-class confidence, argmax labels and class-index GT mask (an image
+        without a category counts in the pooled ``"all"`` group only)."""
         valid = mask != IGNORE_INDEX
         self.road.update(category, confidence, mask == self.positive, valid)
-        for group in (category, "all"):
+        for group in (category, "all") if category else ("all",):
             self.confusion.setdefault(group, ConfusionCounts(self.num_classes))
             self.confusion[group].update(mask, labels)
             self.image_counts[group] = self.image_counts.get(group, 0) + 1
