@@ -74,8 +74,8 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, **rule: 
     """A config field with its default and the range :func:`validate` holds it to.
 
     ``rule``: ``ge``/``gt``/``le``/``lt`` bounds (for a list: of every item), ``choices`` (a
-    tuple, or a function returning one, for choices known only at run time) and ``items``
-    (the required list length). Numbers must also be finite.
+    tuple, or a function returning one, for choices known only at run time; ``what`` names a
+    choice in the error), and ``items`` (the required list length). Numbers must also be finite.
     """
     if factory is not None:
         return field(default_factory=factory, metadata=rule)
@@ -119,7 +119,7 @@ def _model_names() -> tuple[str, ...]:
 class ModelConfig:
     """Which network, and how it starts."""
 
-    name: str = setting("fcn8s", choices=_model_names)
+    name: str = setting("fcn8s", choices=_model_names, what="model")
     num_classes: int = setting(2, ge=2, le=IGNORE_INDEX)  # mask values are uint8; 255 = ignore
     backbone: str = "vgg16"
     keep_prob: float = setting(0.5, gt=0.0, le=1.0)
@@ -354,7 +354,8 @@ def check_value(dotted: str, value: Any, rule: dict[str, Any]) -> None:
         allowed = choices() if callable(choices) else choices
         if value not in allowed:
             raise SemsegError(
-                f"{dotted} must be one of {', '.join(map(str, allowed))}; got {describe(value)}"
+                f"{dotted}: unknown {rule.get('what', 'value')} {describe(value)}; "
+                f"choose one of {', '.join(map(str, allowed))}"
             )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
