@@ -216,13 +216,22 @@ def test_folder_index_masks(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "ds", {"a": mask, "b": np.ones((12, 16), np.uint8)})
     samples = index_folder(root)
     assert [s.name for s in samples] == ["a", "b"]
-    assert all(s.category == "all" for s in samples)
+    assert all(s.category is None for s in samples)  # scored in the pooled "all" group only
     image, decoded = read_folder_sample(samples[0], num_classes=3, class_table=None)
     assert image.shape == (12, 16, 3)
     np.testing.assert_array_equal(decoded, mask)
     # a class index the model does not have
     with pytest.raises(SemsegError, match="class index 2"):
         read_folder_sample(samples[0], num_classes=2, class_table=None)
+
+
+def test_folder_split_is_the_one_earlier_releases_made(tmp_path: Path) -> None:
+    """Folder samples have no category; their split is seeded as before (stratum "all")."""
+    names = [f"f{i}" for i in range(10)]
+    root = make_folder(tmp_path / "ds", {name: np.zeros((12, 16), np.uint8) for name in names})
+    split = make_split(index_folder(root), 0.2, seed=3)
+    assert split == split_train_val({"all": names}, 0.2, 3)
+    assert len(split["val"]) == 2
 
 
 def test_folder_colour_masks_with_class_table(tmp_path: Path) -> None:
@@ -473,3 +482,41 @@ def test_real_kitti_lane_task_and_default_split() -> None:
     for category in ("um", "umm", "uu"):
         val = [n for n in split["val"] if n.split("_")[0] == category]
         assert len(val) == 7  # round(0.2 * 35)
+
+
+# ------------------------------------------------------------------------------ detect_kind
+
+
+def test_detect_kind_by_layout(tmp_path: Path) -> None:
+    from semseg.data.layout import detect_kind
+
+    for sub in ("kitti/training/image_2", "nested/data_road/training/image_2"):
+        (tmp_path / sub).mkdir(parents=True)
+    for sub in ("flat/images", "flat/masks", "split/train/images", "split/train/masks"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "split" / "classes.yaml").write_text("classes: []\n")
+    (tmp_path / "empty").mkdir()
+    assert detect_kind(tmp_path / "kitti") == "kitti"
+    assert detect_kind(tmp_path / "nested") == "kitti"
+    assert detect_kind(tmp_path / "flat") == "folder"
+    assert detect_kind(tmp_path / "split") == "folder"
+    with pytest.raises(SemsegError, match="data folder not found"):
+        detect_kind(tmp_path / "missing")
+    with pytest.raises(SemsegError, match=r"empty holds neither") as error:
+        detect_kind(tmp_path / "empty")  # never guessed to be synthetic
+    assert "\n" not in str(error.value)
+
+
+def test_every_command_uses_the_same_kind_rule(tmp_path: Path) -> None:
+    """train (--data), sweep (--data) and evaluate pick the kind by one rule."""
+    from semseg.cli import build_train_config
+    from semseg.evaluation import data_config_for
+    from semseg.experiments import base_config
+
+    root = make_folder(tmp_path / "split" / "train", {"a": np.zeros((12, 16), np.uint8)}).parent
+    kinds = {
+        build_train_config(None, None, [], {"data.root": root}).data.kind,
+        base_config(None, [], root).data.kind,
+        data_config_for(root, None).kind,
+    }
+    assert kinds == {"folder"}

@@ -341,6 +341,7 @@ def test_cli_backbone_flag_and_trainer_clipping(tmp_path, restore_determinism):
     from semseg.cli import build_train_config
     from semseg.training import build_trainer
 
+    (tmp_path / "training" / "image_2").mkdir(parents=True)  # --data must look like KITTI
     config = build_train_config(
         "kitti_fast_cpu", None, [], {"data.root": tmp_path, "model.backbone": "resnet34"}
     )

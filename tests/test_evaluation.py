@@ -9,6 +9,8 @@ every pixel is known exactly and the devkit scores can be recomputed here from t
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,12 +125,14 @@ def loaded_model(module: nn.Module, input_size: tuple[int, int]) -> LoadedModel:
     )
 
 
-def evaluate_at_native_size(loaded: LoadedModel, samples: list[Sample]) -> dict:
+def evaluate_at_native_size(
+    loaded: LoadedModel, samples: list[Sample], read: Callable = read_sample
+) -> dict:
     """Run every image at its own size: batch size 1, and the reader (called for each chunk
     before prediction) sets ``input_size`` to the image's size, so nothing is resampled."""
 
     def reader(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = read_sample(sample)
+        image, mask = read(sample)
         loaded.input_size = image.shape[:2]
         return image, mask
 
@@ -281,3 +285,83 @@ def test_confusion_counts_three_classes_by_hand() -> None:
     np.testing.assert_allclose(iou[:3], [100 / 3, 100 / 3, 50.0])  # 1/3, 1/3, 2/4
     assert four.accuracy() == pytest.approx(100 * 4 / 7)
     assert np.isnan(ConfusionCounts(2).accuracy())
+
+
+# ------------------------------------------------------------------------- folder datasets
+
+
+def write_folder_dataset(root: Path, scenes: dict[str, dict]) -> Path:
+    """The scenes as a folder dataset: images/NAME.png, masks/NAME.png (1 road, 255 ignored)."""
+    for name, scene in scenes.items():
+        image = np.zeros(scene["road"].shape + (3,), dtype=np.uint8)
+        image[..., 0] = np.where(scene["road"], 255, 0)
+        image[..., 1] = scene["green"]
+        mask = np.where(scene["valid"], scene["road"].astype(np.uint8), 255).astype(np.uint8)
+        for folder, array in (("images", image), ("masks", mask)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / f"{name}.png")
+    return root
+
+
+def test_folder_dataset_is_scored_in_the_all_group(layout, tmp_path: Path) -> None:
+    """Folder samples have no category: one pooled group, equal to the KITTI pooled scores."""
+    from semseg.data.folder import index_folder, read_folder_sample
+
+    _, scenes = layout
+    root = write_folder_dataset(tmp_path / "folder", scenes)
+    samples = index_folder(root)
+    assert {s.category for s in samples} == {None}
+    read = functools.partial(read_folder_sample, num_classes=2, class_table=None)
+    result = evaluate_at_native_size(loaded_model(GreenChannelModel(), (40, 90)), samples, read)
+    assert list(result["groups"]) == ["all"] and result["groups"]["all"]["num_images"] == 5
+    expected = reference_scores(scenes, list(scenes))["all"]
+    for key, value in expected.items():
+        assert result["groups"]["all"][key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_folder_dataset_train_evaluate_sweep(tmp_path: Path) -> None:
+    """A tiny folder dataset end to end through the command: train, evaluate, sweep."""
+    import csv
+    import json
+
+    from conftest import run_cli
+
+    scenes = {f"frame{i:02d}": make_scene(i % 5, 40, 96) for i in range(8)}
+    data = write_folder_dataset(tmp_path / "folder", scenes)
+    tiny = [
+        "data.height=32",
+        "data.width=64",
+        "data.val_fraction=0.25",
+        "model.width_mult=0.0625",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.max_time_s=null",
+        "train.progress=false",
+        "train.overlay_samples=1",
+    ]
+    sets = [item for override in tiny for item in ("--set", override)]
+    run = tmp_path / "run"
+    result = run_cli("train", "--config", "demo", "--data", str(data), "--run-dir", str(run), *sets)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = (run / "config.yaml").read_text()
+    assert "kind: folder" in config and "val_every" not in config
+    finished = json.loads((run / "eval_val.json").read_text())
+    assert list(finished["groups"]) == ["all"] and finished["groups"]["all"]["num_images"] == 2
+
+    out = tmp_path / "eval.json"
+    checkpoint = str(run / "checkpoints" / "best.ckpt")
+    result = run_cli("evaluate", checkpoint, "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(out.read_text())
+    assert list(scores["groups"]) == ["all"] and scores["groups"]["all"]["num_images"] == 8
+    assert 0.0 <= scores["groups"]["all"]["max_f"] <= 100.0
+
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "sweep", "--config", "demo", "--data", str(data), "--out", str(sweep),
+        *sets, "--set", "model.keep_prob=0.5,1.0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (sweep / "results.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 2 and all(row["max_f"] not in ("", "nan") for row in rows), rows

@@ -276,6 +276,31 @@ def test_pooling_sums_counts_instead_of_averaging_f() -> None:
     )
 
 
+def test_uncategorised_images_count_in_all_only() -> None:
+    """Folder datasets have no categories: their images give the pooled "all" group only."""
+    road = np.array([[True, False]])
+    valid = np.ones_like(road)
+    img_a = np.array([[255, 0]], dtype=np.uint8)
+    img_b = np.array([[100, 200]], dtype=np.uint8)
+    ev = KittiRoadEvaluator()
+    ev.update(None, img_a, road, valid)
+    ev.update(None, img_b, road, valid)
+    res = ev.compute()
+    assert list(res) == ["all"] and ev.counts == {}
+    assert res["all"].max_f == pytest.approx(80.0, abs=1e-6)  # pooled, as worked out above
+    assert_scores_close(res["all"], reference_scores([(img_a, road, valid), (img_b, road, valid)]))
+    ev.update("um", img_b, road, valid)  # mixed: "um" alone, "all" over the three images
+    res = ev.compute()
+    assert sorted(res) == ["all", "um"]
+    assert_scores_close(
+        res["all"],
+        reference_scores([(img_a, road, valid), (img_b, road, valid), (img_b, road, valid)]),
+    )
+    ev.reset()
+    with pytest.raises(ValueError, match="before any update"):
+        ev.compute()
+
+
 # --------------------------------------------------------------------------------------------
 # Input handling.
 # --------------------------------------------------------------------------------------------

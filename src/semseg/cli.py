@@ -54,6 +54,7 @@ def build_train_config(
 ):
     """Config file (or the resumed run's), then --set overrides, then plain flags."""
     from semseg.config import apply_overrides, load_config, set_field
+    from semseg.data.layout import detect_kind
     from semseg.training import resolve_resume
 
     if resume is not None:
@@ -65,7 +66,7 @@ def build_train_config(
     if data_root is not None:
         root_path = Path(str(data_root))
         cfg.data.root = str(root_path)
-        cfg.data.kind = "folder" if (root_path / "images").is_dir() else "kitti"
+        cfg.data.kind = detect_kind(root_path)
     for dotted, value in flags.items():
         if value is not None:
             set_field(cfg, dotted, value, source="flag")

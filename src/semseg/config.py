@@ -6,7 +6,10 @@ common fields also have plain flags. The resolved configuration is written into 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -15,77 +18,171 @@ from typing import Any
 import yaml
 
 from semseg.errors import SemsegError
+from semseg.io import first_line
 
 IGNORE_INDEX = 255
 CATEGORIES = ("um", "umm", "uu")
+MESSAGE_VALUE_CHARS = 60  # a value quoted in an error message is cut to this many characters
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = MESSAGE_VALUE_CHARS
+
+
+def describe(value: Any) -> str:
+    """A short, one-line ``repr`` of ``value`` for an error message (nested values bounded)."""
+    text = " ".join(_REPR.repr(value).split())
+    if len(text) > MESSAGE_VALUE_CHARS:
+        text = text[: MESSAGE_VALUE_CHARS - 3] + "..."
+    return text
+
+
+class NoAliasSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases (``&a`` / ``*a``).
+
+    A configuration has no use for them, and nested aliases let a few hundred bytes expand to
+    gigabytes (the "billion laughs" attack); they are refused as they are met, before anything
+    is expanded.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise SemsegError(
+                f"{mark.name}, line {mark.line + 1}: YAML anchors and aliases "
+                "(&name, *name) are not allowed in a configuration"
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_load_yaml(text: str, source: str = "<text>") -> Any:
+    """Parse YAML with :class:`NoAliasSafeLoader`; a one-line error names ``source``."""
+    loader = NoAliasSafeLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise SemsegError(f"{source} is not valid YAML: {first_line(error)}") from error
+    except RecursionError as error:
+        raise SemsegError(f"{source}: YAML nested too deeply") from error
+    finally:
+        loader.dispose()
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, **rule: Any) -> Any:
+    """A config field with its default and the range :func:`validate` holds it to.
+
+    ``rule``: ``ge``/``gt``/``le``/``lt`` bounds (for a list: of every item), ``choices`` (a
+    tuple, or a function returning one, for choices known only at run time; ``what`` names a
+    choice in the error), and ``items`` (the required list length). Numbers must also be finite.
+    """
+    if factory is not None:
+        return field(default_factory=factory, metadata=rule)
+    return field(default=default, metadata=rule)
+
+
+KINDS = ("kitti", "folder", "synthetic")
+MAX_INPUT_SIDE = 8192  # pixels; larger training inputs are refused, not allocated
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    kind: str = "kitti"  # kitti | folder | synthetic
+    kind: str = setting("kitti", choices=KINDS)
     root: str | None = None  # KITTI: the folder that holds training/; folder: holds images/, masks/
-    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
-    task: str = "road"  # road | lane (KITTI ground truth to use)
+    categories: list[str] = setting(factory=lambda: list(CATEGORIES), choices=CATEGORIES)
+    task: str = setting("road", choices=("road", "lane"))  # KITTI ground truth to use
     class_table: str | None = None  # folder datasets with colour masks: YAML class table
-    height: int = 160
-    width: int = 576
-    val_fraction: float = 0.2
-    num_workers: int = 0
+    height: int = setting(160, ge=32, le=MAX_INPUT_SIDE)
+    width: int = setting(576, ge=32, le=MAX_INPUT_SIDE)
+    val_fraction: float = setting(0.2, gt=0.0, lt=1.0)
+    num_workers: int = setting(0, ge=0)
     hflip: bool = True
-    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
-    scale_crop: float = 0.0  # smallest area fraction of a random crop; 0 disables
-    synthetic_train: int = 200  # kind=synthetic: scenes generated for training + validation
-    synthetic_size: list[int] = field(default_factory=lambda: [375, 1242])  # generated H, W
+    # brightness/contrast/saturation strength; 0 disables
+    color_jitter: float = setting(0.2, ge=0.0)
+    scale_crop: float = setting(0.0, ge=0.0, le=1.0)  # smallest area fraction of a random crop
+    # kind=synthetic: scenes generated for training + validation, and their H, W
+    synthetic_train: int = setting(200, ge=2)
+    synthetic_size: list[int] = setting(factory=lambda: [375, 1242], items=2, ge=16, le=8192)
     skip_bad: bool = False  # skip unreadable samples with a counted warning instead of failing
+
+
+def _model_names() -> tuple[str, ...]:
+    from semseg.models import list_models
+
+    return tuple(list_models())
 
 
 @dataclass
 class ModelConfig:
     """Which network, and how it starts."""
 
-    name: str = "fcn8s"
-    num_classes: int = 2
+    name: str = setting("fcn8s", choices=_model_names, what="model")
+    num_classes: int = setting(2, ge=2, le=IGNORE_INDEX)  # mask values are uint8; 255 = ignore
     backbone: str = "vgg16"
-    keep_prob: float = 0.5
-    width_mult: float = 1.0
+    keep_prob: float = setting(0.5, gt=0.0, le=1.0)
+    width_mult: float = setting(1.0, gt=0.0, le=8.0)
     pretrained: bool = False
     backbone_weights: str | None = None
+
+
+def _accelerators() -> tuple[str, ...]:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+
+
+def _strategies() -> tuple[str, ...]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ("auto", *StrategyRegistry.available_strategies())
 
 
 @dataclass
 class TrainConfig:
     """The optimisation and the run's bookkeeping."""
 
-    epochs: int = 40
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    epochs: int = setting(40, ge=1)
+    batch_size: int = setting(16, ge=1)
+    lr: float = setting(1e-4, gt=0.0)
+    weight_decay: float = setting(0.0, ge=0.0)
     # The recipe (defaults: the reference exercise, Adam at a constant lr, plain CE, no clipping).
-    optimizer: str = "adam"  # adam | adamw (decoupled decay, none on biases and norms) | sgd
-    schedule: str = "constant"  # constant | cosine | poly (over epochs, or max_time_s if sooner)
-    warmup_epochs: float = 0.0  # linear lr warm-up from lr/steps to lr over this many epochs
-    min_lr_factor: float = 0.0  # cosine/poly decay to lr * this
-    loss: str = "ce"  # ce | ce_dice | ce_lovasz (cross-entropy plus soft Dice or Lovasz-softmax)
-    loss_weight: float = 1.0  # weight of the Dice / Lovasz term
-    class_weights: str | None = None  # null | median_frequency (cross-entropy class weights)
-    grad_clip: float | None = None  # clip the gradient norm to this (Trainer gradient_clip_val)
-    seed: int = 0
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    # adam | adamw (decoupled decay, none on biases and norms) | sgd
+    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
+    # constant | cosine | poly (over epochs, or max_time_s if sooner)
+    schedule: str = setting("constant", choices=("constant", "cosine", "poly"))
+    # linear lr warm-up from lr/steps to lr over this many epochs
+    warmup_epochs: float = setting(0.0, ge=0.0)
+    min_lr_factor: float = setting(0.0, ge=0.0, le=1.0)  # cosine/poly decay to lr * this
+    # ce | ce_dice | ce_lovasz (cross-entropy plus soft Dice or Lovasz-softmax)
+    loss: str = setting("ce", choices=("ce", "ce_dice", "ce_lovasz"))
+    loss_weight: float = setting(1.0, ge=0.0)  # weight of the Dice / Lovasz term
+    # null | median_frequency (cross-entropy class weights, SegNet's balancing)
+    class_weights: str | None = setting(None, choices=("median_frequency",))
+    # clip the gradient norm to this (Trainer gradient_clip_val); null: no clipping
+    grad_clip: float | None = setting(None, gt=0.0)
+    seed: int = setting(0, ge=0, le=2**32 - 1)
+    precision: str = setting("32", choices=("32", "bf16-mixed", "16-mixed", "64"))
     channels_last: bool | None = None  # NHWC weights; null: on for bf16-mixed on the CPU
-    accelerator: str = "auto"
-    devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"
-    max_time_s: float | None = None  # stop after this many seconds of training
-    clock: str = "wall"  # max_time_s in wall seconds, or "cpu": process CPU seconds / threads
-    val_every: int = 1  # validate every N epochs
-    overlay_samples: int = 4
-    name: str = "run"
+    accelerator: str = setting("auto", choices=_accelerators)
+    devices: str = "auto"  # "auto", a count ("2"), "-1" (all) or a list of ids ("0,1")
+    num_nodes: int = setting(1, ge=1)
+    strategy: str = setting("auto", choices=_strategies)
+    max_time_s: float | None = setting(None, gt=0.0)  # stop after this many seconds of training
+    # max_time_s in wall seconds, or "cpu": process CPU seconds / threads
+    clock: str = setting("wall", choices=("wall", "cpu"))
+    overlay_samples: int = setting(4, ge=0)
+    name: str = "run"  # run folder prefix: a plain file name
     out_dir: str = "runs"
     run_dir: str | None = None  # an explicit run folder instead of out_dir/name-timestamp
     progress: bool = True
+
+
+# Fields that older releases wrote into config.yaml but that no longer do anything: a run's
+# config file that has them still loads (for --resume and evaluate); --set refuses them.
+REMOVED_FIELDS = {"train.val_every": "validation runs after every epoch"}
 
 
 @dataclass
@@ -127,10 +224,7 @@ def load_config(name_or_path: str | None = None) -> Config:
     if name_or_path is None:
         return Config()
     path = resolve_config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SemsegError(f"config {path} is not valid YAML: {error}".splitlines()[0]) from error
+    raw = safe_load_yaml(path.read_text(), source=f"config {path}") or {}
     return config_from_dict(raw, source=str(path))
 
 
@@ -141,24 +235,30 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     config = Config()
     for section_name, values in raw.items():
         if section_name not in SECTIONS:
-            raise SemsegError(f"{source}: unknown section {section_name!r} (data, model, train)")
+            raise SemsegError(
+                f"{source}: unknown section {describe(section_name)} (data, model, train)"
+            )
         if not isinstance(values, dict):
             raise SemsegError(f"{source}: section {section_name!r} must be a mapping")
         for key, value in values.items():
+            if f"{section_name}.{key}" in REMOVED_FIELDS:
+                continue  # written by an older release; it did nothing then either
             set_field(config, f"{section_name}.{key}", value, source)
     return config
 
 
 def set_field(config: Config, dotted: str, value: Any, source: str = "override") -> None:
     """Set ``section.field`` to ``value``, converted to the field's type."""
-    section_name, _, key = dotted.partition(".")
+    section_name, _, key = str(dotted).partition(".")
     if section_name not in SECTIONS or not key:
-        raise SemsegError(f"{source}: {dotted!r} is not of the form data|model|train.FIELD")
+        raise SemsegError(f"{source}: {describe(dotted)} is not of the form data|model|train.FIELD")
+    if dotted in REMOVED_FIELDS:
+        raise SemsegError(f"{source}: {dotted} was removed ({REMOVED_FIELDS[dotted]})")
     section = getattr(config, section_name)
     known = {f.name: f for f in fields(section)}
     if key not in known:
         raise SemsegError(
-            f"{source}: unknown field {dotted!r}; {section_name} has: {', '.join(known)}"
+            f"{source}: unknown field {describe(dotted)}; {section_name} has: {', '.join(known)}"
         )
     current = getattr(section, key)
     setattr(section, key, coerce(value, current, known[key], dotted))
@@ -171,11 +271,18 @@ def coerce(value: Any, current: Any, spec: dataclasses.Field, dotted: str) -> An
         if "None" in kind:
             return None
         raise SemsegError(f"{dotted} cannot be empty")
+    scalar = (str, int, float, bool)
     try:
         if kind.startswith("list"):
             items = value if isinstance(value, list) else str(value).split(",")
+            if not isinstance(value, (list, *scalar)) or not all(
+                isinstance(item, scalar) for item in items
+            ):
+                raise TypeError(type(value).__name__)
             item_type = int if "int" in kind else str
             return [item_type(str(item).strip()) for item in items]
+        if not isinstance(value, scalar):
+            raise TypeError(type(value).__name__)
         if kind.startswith("bool"):
             return parse_bool(value)
         if kind.startswith("int"):
@@ -186,7 +293,7 @@ def coerce(value: Any, current: Any, spec: dataclasses.Field, dotted: str) -> An
             return float(value)
         return str(value)
     except (TypeError, ValueError) as error:
-        raise SemsegError(f"{dotted}: cannot use {value!r} (expected {kind})") from error
+        raise SemsegError(f"{dotted}: cannot use {describe(value)} (expected {kind})") from error
 
 
 def parse_bool(value: Any) -> bool:
@@ -206,56 +313,112 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         dotted, sep, text = item.partition("=")
         if not sep:
             raise SemsegError(f"--set {item!r}: expected section.field=value")
-        value = yaml.safe_load(text) if text else ""
+        value = safe_load_yaml(text, source=f"--set {dotted.strip()}") if text else ""
         set_field(config, dotted.strip(), value, source="--set")
     return config
 
 
 def validate(config: Config) -> Config:
-    """Cross-field checks that a bad flag would otherwise turn into a crash later."""
-    data, model, train = config.data, config.model, config.train
-    if data.kind not in ("kitti", "folder", "synthetic"):
-        raise SemsegError(f"data.kind must be kitti, folder or synthetic, got {data.kind!r}")
+    """Check every field against its range (:func:`setting`) and the fields against each other,
+    before anything is created; a one-line error names the first field that is wrong."""
+    for section_name, section_type in SECTIONS.items():
+        section = getattr(config, section_name)
+        for spec in fields(section_type):
+            check_field(f"{section_name}.{spec.name}", getattr(section, spec.name), spec)
+    check_cross_fields(config)
+    return config
+
+
+def check_field(dotted: str, value: Any, spec: dataclasses.Field) -> None:
+    """``value`` fits the type and the rule of field ``spec`` (``dotted``: its name)."""
+    if value is None:
+        if "None" not in str(spec.type):
+            raise SemsegError(f"{dotted} cannot be empty")
+        return
+    rule = dict(spec.metadata)
+    items = value if isinstance(value, list) else [value]
+    if "items" in rule and len(items) != rule["items"]:
+        raise SemsegError(f"{dotted} needs {rule['items']} values, got {describe(value)}")
+    if isinstance(value, list) and not value:
+        raise SemsegError(f"{dotted} cannot be an empty list")
+    for item in items:
+        check_value(dotted, item, rule)
+    if dotted == "train.devices":
+        check_devices(value)
+    if dotted == "train.name" and (not value or any(c in value for c in "/\\\0")):
+        raise SemsegError(f"train.name must be a plain file name, got {describe(value)}")
+
+
+def check_value(dotted: str, value: Any, rule: dict[str, Any]) -> None:
+    """One number or choice against ``rule`` (see :func:`setting`)."""
+    choices = rule.get("choices")
+    if choices is not None:
+        allowed = choices() if callable(choices) else choices
+        if value not in allowed:
+            raise SemsegError(
+                f"{dotted}: unknown {rule.get('what', 'value')} {describe(value)}; "
+                f"choose one of {', '.join(map(str, allowed))}"
+            )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise SemsegError(f"{dotted} must be a finite number, got {value}")
+    low = ("gt", rule["gt"]) if "gt" in rule else ("ge", rule.get("ge"))
+    high = ("lt", rule["lt"]) if "lt" in rule else ("le", rule.get("le"))
+    fits = (low[1] is None or (value > low[1] if low[0] == "gt" else value >= low[1])) and (
+        high[1] is None or (value < high[1] if high[0] == "lt" else value <= high[1])
+    )
+    if not fits:
+        raise SemsegError(f"{dotted} must be {range_words(low, high)}, got {value}")
+
+
+def range_words(low: tuple[str, Any], high: tuple[str, Any]) -> str:
+    """``in (0, 1]``, ``at least 1``, ``greater than 0`` or ``at most 8``."""
+    if low[1] is not None and high[1] is not None:
+        opening, closing = "(" if low[0] == "gt" else "[", ")" if high[0] == "lt" else "]"
+        return f"in {opening}{low[1]}, {high[1]}{closing}"
+    if low[1] is not None:
+        return f"{'greater than' if low[0] == 'gt' else 'at least'} {low[1]}"
+    return f"{'less than' if high[0] == 'lt' else 'at most'} {high[1]}"
+
+
+def check_devices(devices: str) -> None:
+    """``auto``, a positive count, ``-1`` (every device) or a list of device ids ``0,1``."""
+    text = str(devices).strip()
+    ids = [item.strip() for item in text.split(",")] if "," in text else None
+    if text in ("auto", "-1") or (text.isdigit() and int(text) > 0):
+        return
+    if ids and all(item.isdigit() for item in ids) and len(set(ids)) == len(ids):
+        return
+    raise SemsegError(
+        f"train.devices must be auto, a positive count, -1 or device ids like 0,1; "
+        f"got {describe(devices)}"
+    )
+
+
+def check_cross_fields(config: Config) -> None:
+    """Checks that involve more than one field."""
+    data, model = config.data, config.model
     if data.kind != "synthetic" and not data.root:
-        raise SemsegError(f"data.kind={data.kind} needs --data DIR")
-    if data.task not in ("road", "lane"):
-        raise SemsegError(f"data.task must be road or lane, got {data.task!r}")
-    unknown = sorted(set(data.categories) - set(CATEGORIES))
-    if unknown or not data.categories:
-        raise SemsegError(f"data.categories must be among {', '.join(CATEGORIES)}, got {unknown}")
-    if data.height < 32 or data.width < 32:
-        raise SemsegError(f"input size must be at least 32x32, got {data.height}x{data.width}")
-    if not 0.0 < data.val_fraction < 1.0:
-        raise SemsegError(f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
+        raise SemsegError(f"data.kind={data.kind} needs --data DIR (data.root)")
     if data.kind == "kitti" and model.num_classes != 2:
         raise SemsegError(
             f"KITTI road/lane has 2 classes, but model.num_classes={model.num_classes}"
         )
-    if not 0.0 < model.keep_prob <= 1.0:
-        raise SemsegError(f"model.keep_prob must be in (0, 1], got {model.keep_prob}")
-    if train.epochs < 1 or train.batch_size < 1:
-        raise SemsegError("train.epochs and train.batch_size must be at least 1")
-    if train.lr <= 0:
-        raise SemsegError(f"train.lr must be positive, got {train.lr}")
-    if train.optimizer not in ("adam", "adamw", "sgd"):
-        raise SemsegError(f"train.optimizer must be adam, adamw or sgd, got {train.optimizer!r}")
-    if train.schedule not in ("constant", "cosine", "poly"):
-        raise SemsegError(f"train.schedule must be constant, cosine or poly: {train.schedule!r}")
-    if train.warmup_epochs < 0 or not 0.0 <= train.min_lr_factor <= 1.0:
-        raise SemsegError("train.warmup_epochs must be >= 0 and train.min_lr_factor in [0, 1]")
-    if train.loss not in ("ce", "ce_dice", "ce_lovasz") or train.loss_weight < 0:
-        raise SemsegError(f"train.loss must be ce, ce_dice or ce_lovasz, got {train.loss!r}")
-    if train.class_weights not in (None, "median_frequency"):
-        raise SemsegError(
-            f"train.class_weights must be null or median_frequency, got {train.class_weights!r}"
-        )
-    if train.clock not in ("wall", "cpu"):
-        raise SemsegError(f"train.clock must be wall or cpu, got {train.clock!r}")
-    if train.grad_clip is not None and train.grad_clip <= 0:
-        raise SemsegError(f"train.grad_clip must be positive (or null), got {train.grad_clip}")
-    if train.precision not in ("32", "bf16-mixed", "16-mixed", "64"):
-        raise SemsegError(f"train.precision must be 32, bf16-mixed or 16-mixed: {train.precision}")
-    return config
+
+
+def resolve_config(config: Config, run_dir: Path) -> Config:
+    """The validated configuration a run in ``run_dir`` uses, as a new object (``config`` is left
+    as it is): synthetic scenes are generated once into ``run_dir/data`` and read as KITTI.
+
+    Resolved before the run folder is made and never changed during the run; this is what the
+    run's ``config.yaml`` holds, so a resumed run reads the same data.
+    """
+    resolved = copy.deepcopy(validate(config))
+    if resolved.data.kind == "synthetic":
+        resolved.data.kind = "kitti"
+        resolved.data.root = str(Path(run_dir) / "data")
+    return resolved
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -26,8 +26,9 @@ import numpy as np
 from semseg.bev import KITTI_BEV_GRID, LookupCache
 from semseg.config import IGNORE_INDEX, DataConfig
 from semseg.data.calib import KittiCalib, read_calib
-from semseg.data.folder import index_folder
-from semseg.data.kitti import index_split, read_split
+from semseg.data.datamodule import index_samples
+from semseg.data.kitti import read_split
+from semseg.data.layout import detect_kind
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.inference.backends import InferenceBackend
@@ -68,21 +69,9 @@ class ConfusionCounts:
         return float(100.0 * np.trace(self.matrix) / total) if total else float("nan")
 
 
-def is_kitti_layout(root: Path) -> bool:
-    return (root / "training" / "image_2").is_dir() or (root / "data_road" / "training").is_dir()
-
-
 def labelled_samples(data_root: Path, skip_bad: bool = False) -> list[Sample]:
-    """Every labelled image under ``data_root`` (KITTI ``data_road`` or images/ + masks/)."""
-    if not data_root.is_dir():
-        raise SemsegError(f"data folder not found: {data_root}")
-    if is_kitti_layout(data_root):
-        return index_split(data_root, "training", skip_missing=skip_bad)
-    if (data_root / "images").is_dir():
-        return index_folder(data_root, skip_missing=skip_bad)
-    raise SemsegError(
-        f"{data_root} holds neither a KITTI training/ folder nor images/ and masks/ folders"
-    )
+    """Every labelled image under ``data_root`` (any layout :func:`detect_kind` recognises)."""
+    return index_samples(data_config_for(data_root, None, skip_bad=skip_bad))
 
 
 def val_split_names(checkpoint: Path) -> list[str]:
@@ -104,12 +93,17 @@ class SpaceScores:
         self.image_counts: dict[str, int] = {}
 
     def update(
-        self, category: str, confidence: np.ndarray, labels: np.ndarray, mask: np.ndarray
+        self,
+        category: str | None,
+        confidence: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray,
     ) -> None:
-        """One image: positive-class confidence, argmax labels and class-index GT mask."""
+        """One image: positive-class confidence, argmax labels and class-index GT mask (an image
+        without a category counts in the pooled ``"all"`` group only)."""
         valid = mask != IGNORE_INDEX
         self.road.update(category, confidence, mask == self.positive, valid)
-        for group in (category, "all"):
+        for group in (category, "all") if category else ("all",):
             self.confusion.setdefault(group, ConfusionCounts(self.num_classes))
             self.confusion[group].update(mask, labels)
             self.image_counts[group] = self.image_counts.get(group, 0) + 1
@@ -246,6 +240,8 @@ def read_chunk(
     return kept, pairs
 
 
-def data_config_for(data_root: Path, class_table: str | None) -> DataConfig:
-    kind = "kitti" if is_kitti_layout(data_root) else "folder"
-    return DataConfig(kind=kind, root=str(data_root), class_table=class_table)
+def data_config_for(data_root: Path, class_table: str | None, skip_bad: bool = False) -> DataConfig:
+    """The data section for scoring the dataset at ``data_root`` (kind from its layout)."""
+    return DataConfig(
+        kind=detect_kind(data_root), root=str(data_root), class_table=class_table, skip_bad=skip_bad
+    )

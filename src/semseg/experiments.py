@@ -49,6 +49,7 @@ from semseg.config import (
     set_field,
     validate,
 )
+from semseg.data.layout import detect_kind
 from semseg.errors import SemsegError
 from semseg.io import first_line, write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -263,7 +264,7 @@ def base_config(config: str | None, overrides: Sequence[str], data: Path | None)
     apply_overrides(cfg, list(overrides))
     if data is not None:
         cfg.data.root = str(data)
-        cfg.data.kind = "folder" if (Path(data) / "images").is_dir() else "kitti"
+        cfg.data.kind = detect_kind(data)
     return cfg
 
 

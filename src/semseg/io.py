@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,20 +21,40 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".we
 MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger images are refused rather than exhausting memory
 
 
+TEMP_PREFIX = ".semseg-"  # temp files of atomic writes: TEMP_PREFIX + 12 hex digits + ".tmp"
+FILE_MODE = 0o666  # before the umask, as open() and the shell create files
+
+
+def create_temp_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty temp file in ``path``'s folder, opened for writing: ``(fd, temp path)``.
+
+    Its name is short whatever ``path``'s is (a name near the 255-byte limit still works), and it
+    is created with mode 0o666 less the umask, so the renamed file has the permissions any
+    other new file would have (``mkstemp`` would make every output 0600).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(temp, flags, FILE_MODE), temp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; rename it over ``path`` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp = create_temp_beside(path)
     try:
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

@@ -14,6 +14,7 @@ Everything a run produces lands in ``runs/<name>-<timestamp>/``::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -28,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from semseg.config import Config, save_config, validate
+from semseg.config import Config, resolve_config, save_config
 from semseg.data.datamodule import SegmentationDataModule, index_samples, make_reader, make_split
 from semseg.data.kitti import read_split, write_split
 from semseg.errors import SemsegError
@@ -197,16 +198,22 @@ def warn(message: str) -> None:
     print(f"semseg: warning: {message}", file=sys.stderr, flush=True)
 
 
-def new_run_dir(config: Config, overwrite: bool = False) -> Path:
-    """``train.run_dir`` or ``out_dir/name-timestamp``; an existing folder is refused unless
-    ``overwrite``, which empties it first (nothing of an earlier run is silently mixed in)."""
+def planned_run_dir(config: Config) -> Path:
+    """``train.run_dir`` or ``out_dir/name-timestamp`` (not created yet)."""
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(os.environ[RUN_DIR_ENV])
     if config.train.run_dir:
-        run_dir = Path(config.train.run_dir)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
+        return Path(config.train.run_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
+
+
+def new_run_dir(config: Config, overwrite: bool = False, run_dir: Path | None = None) -> Path:
+    """Create ``run_dir`` (default :func:`planned_run_dir`); an existing folder is refused unless
+    ``overwrite``, which empties it first (nothing of an earlier run is silently mixed in)."""
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(os.environ[RUN_DIR_ENV])
+    run_dir = run_dir or planned_run_dir(config)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
@@ -229,13 +236,14 @@ def check_resumable(config: Config, checkpoint: Path) -> None:
         )
 
 
-def prepare_data(config: Config, run_dir: Path) -> None:
-    """Synthetic data is generated once into the run folder and then read as KITTI."""
-    if config.data.kind != "synthetic":
+def prepare_data(config: Config, synthetic: bool) -> None:
+    """Generate the synthetic scenes once into ``data.root`` (resolved by
+    :func:`semseg.config.resolve_config`), where they are read as KITTI."""
+    if not synthetic:
         return
     from semseg.data.synthetic import write_kitti_layout
 
-    data_dir = run_dir / "data"
+    data_dir = Path(str(config.data.root))
     height, width = config.data.synthetic_size
     if not (data_dir / "training" / "image_2").is_dir():
         write_kitti_layout(
@@ -245,8 +253,6 @@ def prepare_data(config: Config, run_dir: Path) -> None:
             height=height,
             width=width,
         )
-    config.data.kind = "kitti"
-    config.data.root = str(data_dir)
 
 
 def parse_devices(devices: str) -> int | list[int] | str:
@@ -348,14 +354,21 @@ def train(
     overwrite: bool = False,
     run_dir: str | Path | None = None,
 ) -> Path:
-    """Train as configured; returns the run folder (``run_dir``: this folder, not a new one)."""
-    validate(config)
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    """Train as configured; returns the run folder (``run_dir``: this folder, not a new one).
+
+    ``config`` is not changed: the run uses the resolved copy that it writes to config.yaml."""
+    synthetic = config.data.kind == "synthetic"
     if run_dir is not None:
-        config.train.run_dir = str(run_dir)
-    run_dir = resolve_resume(resume) if resume else new_run_dir(config, overwrite)
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, run_dir=str(run_dir))
+        )
+    run_dir = resolve_resume(resume) if resume else planned_run_dir(config)
+    config = resolve_config(config, run_dir)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    if not resume:
+        run_dir = new_run_dir(config, overwrite, run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    prepare_data(config, run_dir)
+    prepare_data(config, synthetic)
     samples = index_samples(config.data)
     split_path = run_dir / "split.json"
     if split_path.is_file():

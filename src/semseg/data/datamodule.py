@@ -40,10 +40,11 @@ def make_reader(data: DataConfig, num_classes: int) -> SampleReader:
 
 
 def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Deterministic train/val split of sample names, stratified by category."""
+    """Deterministic train/val split of sample names, stratified by category (samples without
+    one form one stratum, seeded as ``"all"`` so their split is the one earlier releases made)."""
     by_category: dict[str, list[str]] = {}
     for sample in samples:
-        by_category.setdefault(sample.category, []).append(sample.name)
+        by_category.setdefault(sample.category or "all", []).append(sample.name)
     return split_train_val(by_category, val_fraction, seed)
 
 

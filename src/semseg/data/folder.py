@@ -64,7 +64,7 @@ def index_folder(
         samples.append(
             Sample(
                 name=image_path.stem,
-                category="all",
+                category=None,
                 image_path=image_path,
                 target_path=mask_path if mask_path.is_file() else None,
             )

@@ -11,7 +11,7 @@ class Sample:
     """An image, its target mask file (if labelled) and its calibration (KITTI, if any)."""
 
     name: str  # file stem, e.g. "um_000000"
-    category: str  # KITTI category (um, umm, uu) or "all" for other datasets
+    category: str | None  # KITTI category (um, umm, uu); None where a dataset has none
     image_path: Path
     target_path: Path | None = None
     calib_path: Path | None = None

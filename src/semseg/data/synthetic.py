@@ -17,7 +17,6 @@ and verges (shadowed road is still road), distance haze, global lighting and pix
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -725,7 +724,9 @@ def format_calib(calib: dict[str, np.ndarray]) -> str:
 
 def _write_atomic(path: Path, write: Callable[[object], object]) -> None:
     """Call ``write(file_object)`` on a temp file next to ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from semseg.io import create_temp_beside
+
+    fd, tmp = create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -329,27 +329,33 @@ class KittiRoadEvaluator:
 
     Counts are pooled (summed) over the images of a category, and over all images for the
     overall ``"all"`` score, as in the benchmark; per-image F-measures are never averaged.
+    Images of datasets without categories (category ``None``) count in ``"all"`` only.
     """
 
     def __init__(self) -> None:
         self._counts: dict[str, RoadCounts] = {}
+        self._uncategorised: RoadCounts | None = None
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._counts.clear()
+        self._uncategorised = None
 
     @property
     def counts(self) -> dict[str, RoadCounts]:
         """Pooled counts per category (a copy; does not include ``"all"``)."""
         return dict(self._counts)
 
-    def update_counts(self, category: str, counts: RoadCounts) -> None:
-        """Add precomputed per-image counts to ``category``."""
+    def update_counts(self, category: str | None, counts: RoadCounts) -> None:
+        """Add precomputed per-image counts to ``category`` (``None``: to ``"all"`` only)."""
         if category == ALL_KEY:
             raise ValueError(f"category name {ALL_KEY!r} is reserved for the pooled score")
+        if category is None:
+            self._uncategorised = (self._uncategorised or RoadCounts.zeros()) + counts
+            return
         self._counts[category] = self._counts.get(category, RoadCounts.zeros()) + counts
 
-    def update(self, category: str, confidence: Any, road: Any, valid: Any) -> None:
+    def update(self, category: str | None, confidence: Any, road: Any, valid: Any) -> None:
         """Add one image: HxW confidence (uint8 levels or floats in [0, 1]) and GT masks."""
         self.update_counts(category, image_counts(confidence, road, valid))
 
@@ -360,10 +366,13 @@ class KittiRoadEvaluator:
             ValueError: if nothing was accumulated, or a category (or everything) has no valid
                 road pixel; the message names the category.
         """
-        if not self._counts:
+        if not self._counts and self._uncategorised is None:
             raise ValueError("KittiRoadEvaluator.compute() called before any update()")
         groups = dict(self._counts)
-        groups[ALL_KEY] = sum(self._counts.values(), RoadCounts.zeros())
+        pooled = list(self._counts.values())
+        if self._uncategorised is not None:
+            pooled.append(self._uncategorised)
+        groups[ALL_KEY] = sum(pooled, RoadCounts.zeros())
         results: dict[str, RoadScores] = {}
         for name, counts in groups.items():
             try:

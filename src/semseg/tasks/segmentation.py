@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Timer
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from semseg.config import IGNORE_INDEX
+from semseg.config import IGNORE_INDEX, ModelConfig, TrainConfig
 from semseg.errors import SemsegError
 from semseg.metrics.road import RoadMaxF
 from semseg.models import build_model
@@ -23,6 +23,9 @@ from semseg.tasks.recipe import build_optimizer, lr_factor, segmentation_loss
 
 # Options that only matter when the model is first built (weights come from the checkpoint later).
 INIT_ONLY_OPTIONS = ("pretrained", "backbone_weights")
+# The recipe's defaults live in the config dataclasses; the task takes them from there.
+MODEL_DEFAULTS = ModelConfig()
+TRAIN_DEFAULTS = TrainConfig()
 
 
 class SegmentationTask(L.LightningModule):
@@ -37,22 +40,22 @@ class SegmentationTask(L.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "fcn8s",
-        num_classes: int = 2,
+        model_name: str = MODEL_DEFAULTS.name,
+        num_classes: int = MODEL_DEFAULTS.num_classes,
         model_options: dict[str, Any] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
+        lr: float = TRAIN_DEFAULTS.lr,
+        weight_decay: float = TRAIN_DEFAULTS.weight_decay,
         positive_class: int = 1,
         class_names: list[str] | None = None,
         input_size: list[int] | None = None,
         ignore_index: int = IGNORE_INDEX,
-        optimizer: str = "adam",
-        schedule: str = "constant",
-        warmup_epochs: float = 0.0,
-        min_lr_factor: float = 0.0,
-        loss: str = "ce",
-        loss_weight: float = 1.0,
-        max_time_s: float | None = None,
+        optimizer: str = TRAIN_DEFAULTS.optimizer,
+        schedule: str = TRAIN_DEFAULTS.schedule,
+        warmup_epochs: float = TRAIN_DEFAULTS.warmup_epochs,
+        min_lr_factor: float = TRAIN_DEFAULTS.min_lr_factor,
+        loss: str = TRAIN_DEFAULTS.loss,
+        loss_weight: float = TRAIN_DEFAULTS.loss_weight,
+        max_time_s: float | None = TRAIN_DEFAULTS.max_time_s,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -69,11 +72,7 @@ class SegmentationTask(L.LightningModule):
     def loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         hparams = self.hparams
         return segmentation_loss(
-            logits,
-            masks,
-            hparams.get("loss", "ce"),
-            hparams.ignore_index,
-            hparams.get("loss_weight", 1.0),
+            logits, masks, hparams.loss, hparams.ignore_index, hparams.loss_weight
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -132,20 +131,20 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hparams = self.hparams
         optimizer = build_optimizer(
-            hparams.get("optimizer", "adam"),
+            hparams.optimizer,
             self.named_parameters(),
             lr=hparams.lr,
             weight_decay=hparams.weight_decay,
         )
-        schedule = hparams.get("schedule", "constant")
-        warmup_epochs = float(hparams.get("warmup_epochs", 0.0))
+        schedule = hparams.schedule
+        warmup_epochs = float(hparams.warmup_epochs)
         if schedule == "constant" and warmup_epochs == 0:
             return optimizer  # the reference: a constant learning rate
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
         warmup_steps = round(warmup_epochs * steps_per_epoch)
-        max_time_s = hparams.get("max_time_s")
-        min_factor = float(hparams.get("min_lr_factor", 0.0))
+        max_time_s = hparams.max_time_s
+        min_factor = float(hparams.min_lr_factor)
 
         def factor(step: int) -> float:
             progress = step / total_steps
