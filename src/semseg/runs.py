@@ -228,15 +228,16 @@ class RunDir:
         return self.best if self.best.is_file() else self.last
 
     def resume_checkpoint(self) -> Path | None:
-        """The newest loadable checkpoint: ``last.ckpt``, else (with a warning) ``best.ckpt``.
-
-        A checkpoint torn by a kill during its write is skipped; ``None`` when none loads.
+        """The newest loadable checkpoint: ``last.ckpt``, else (with a warning) ``best.ckpt``,
+        which then also replaces the unreadable ``last.ckpt``; ``None`` when none loads.
         """
-        for candidate in (self.last, self.best):
-            if is_loadable(candidate):
-                if candidate != self.last:
-                    warn(f"{self.last} is missing or unreadable; resuming from {candidate}")
-                return candidate
+        if is_loadable(self.last):
+            return self.last
+        if is_loadable(self.best):
+            warn(f"{self.last} is missing or unreadable; resuming from {self.best}")
+            with self.best.open("rb") as source, atomic_open(self.last, "wb") as target:
+                shutil.copyfileobj(source, target)  # last.ckpt whole again, whatever follows
+            return self.best
         if self.last.exists() or self.best.exists():
             warn(f"no loadable checkpoint in {self.checkpoints}; training from the start")
         return None
@@ -259,19 +260,13 @@ class RunDir:
 
     # ----------------------------------------------------------------------- changing it
 
-    def create(self, overwrite: bool = False) -> None:
-        """Make the folder for a new run. An existing non-empty folder is refused, unless
-        ``overwrite`` and it is recognisably a run; then only what a run writes is removed."""
-        if not self.is_empty():
-            if not overwrite:
-                raise SemsegError(f"{self.path} exists; use --resume {self.path} or --overwrite")
-            self.clear()
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    def clear(self) -> None:
-        """Remove what a run wrote here; refuse (and remove nothing) for any other folder."""
-        if not self.path.is_dir() or self.is_empty():
+    def check_new(self, overwrite: bool = False) -> None:
+        """Refuse, before anything is written, a folder a new run may not use: an existing
+        non-empty one without ``overwrite``, or with it one that is not recognisably a run."""
+        if self.is_empty():
             return
+        if not overwrite:
+            raise SemsegError(f"{self.path} exists; use --resume {self.path} or --overwrite")
         foreign = self.foreign_entries()
         if foreign:
             raise SemsegError(
@@ -283,6 +278,19 @@ class RunDir:
                 f"--overwrite: {self.path} is not a semseg run folder (no config.yaml or "
                 "checkpoints/); nothing was deleted"
             )
+
+    def create(self, overwrite: bool = False) -> None:
+        """Make the folder for a new run (see :meth:`check_new`); with ``overwrite`` only what
+        a run writes is removed. Call it holding :meth:`lock`."""
+        self.check_new(overwrite)
+        self.clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Remove what a run wrote here; refuse (and remove nothing) for any other folder."""
+        if not self.path.is_dir() or self.is_empty():
+            return
+        self.check_new(overwrite=True)
         for entry in self.path.iterdir():
             if entry.name == LOCK_NAME:
                 continue

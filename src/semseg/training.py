@@ -339,8 +339,8 @@ def train(
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     if not is_rank_zero():
         return _train_in(config, run, resume is not None)
-    if not resume and not run.is_empty():
-        run.create(overwrite)  # refuses before taking the lock, so nothing is created
+    if not resume:
+        run.check_new(overwrite)  # refused before the lock file exists: nothing is written
     with run.lock():
         if not resume:
             run.create(overwrite)
