@@ -291,8 +291,7 @@ def test_existing_run_folder_is_refused_unless_overwrite(tmp_path: Path):
     train(config)
     with pytest.raises(SemsegError, match="exists; use --resume"):
         train(config)
-    config.train.epochs = 1
-    train(config, overwrite=True)
+    train(tiny_config(tmp_path, epochs=1, run_dir=str(run_dir)), overwrite=True)
     assert len(RunDir(run_dir).log.read_text().splitlines()) == 1  # nothing of the first run
     assert RunDir(run_dir).is_finished()
 
