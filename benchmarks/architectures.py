@@ -26,7 +26,6 @@ segment roads once trained properly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -132,6 +131,7 @@ def train_with_cpu_budget(config, seconds: float) -> Path:
 def train_one(name: str, args: argparse.Namespace) -> Result:
     """Train ``name`` for ``args.budget_s`` seconds; its validation scores from eval_val.json."""
     from semseg.config import load_config
+    from semseg.runs import RunDir
     from semseg.training import train
 
     config = load_config("demo" if args.quick else "kitti_fcn8s")
@@ -157,21 +157,21 @@ def train_one(name: str, args: argparse.Namespace) -> Result:
     config.train.progress = False
     config.train.overlay_samples = 2
     start, load_before = time.perf_counter(), load_average()
-    run_dir = train(config) if args.wall else train_with_cpu_budget(config, args.budget_s)
+    run = RunDir(train(config) if args.wall else train_with_cpu_budget(config, args.budget_s))
     seconds = time.perf_counter() - start
     load_after = load_average()
-    scores = json.loads((run_dir / "eval_val.json").read_text())["groups"]["all"]
+    scores = run.read_eval()["groups"]["all"]
     return Result(
         model=name,
         max_f=scores.get("max_f"),
         iou=scores.get("iou"),
-        epochs=completed_epochs(run_dir / "metrics.csv"),
+        epochs=completed_epochs(run.metrics),
         train_seconds=seconds,
         params_full=count_parameters(name, 2, 1.0),
         params_trained=count_parameters(name, 2, args.width_mult),
         infer_seconds=None,
         load=None if load_before is None else (load_before + load_after) / 2,
-        run_dir=str(run_dir),
+        run_dir=str(run.path),
     )
 
 

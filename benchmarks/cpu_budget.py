@@ -187,15 +187,16 @@ def base_config(recipe: str, args: argparse.Namespace):
 
 
 def train_entry(label: str, config, params_of: tuple[str, str | None], name: str) -> Result:
+    from semseg.runs import RunDir
     from semseg.training import train
 
     config.train.name = name
     start, cpu_start = time.perf_counter(), time.process_time()
-    run_dir = train(config)
+    run = RunDir(train(config))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    scores = json.loads((run_dir / "eval_val.json").read_text())["groups"]["all"]
-    epochs, best_epoch = epoch_counts(run_dir / "metrics.csv")
-    n_train = len(json.loads((run_dir / "split.json").read_text())["train"])
+    scores = run.read_eval()["groups"]["all"]
+    epochs, best_epoch = epoch_counts(run.metrics)
+    n_train = len(run.read_split()["train"])
     steps = epochs * math.ceil(n_train / config.train.batch_size) if epochs else None
     return Result(
         entry=label,
@@ -208,7 +209,7 @@ def train_entry(label: str, config, params_of: tuple[str, str | None], name: str
         train_seconds=seconds,
         cpu_seconds=cpu_seconds,
         params=count_parameters(*params_of),
-        run_dir=str(run_dir),
+        run_dir=str(run.path),
     )
 
 

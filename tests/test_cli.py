@@ -61,11 +61,20 @@ def test_train_writes_the_whole_run(tmp_path: Path):
         "checkpoints/last.ckpt",
     ):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / "tensorboard").is_dir()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(list((run_dir / "overlays").glob("*.png"))) >= 1
     log_lines = (run_dir / "train.log").read_text().splitlines()
     assert [line.split("epoch ")[1].split()[0] for line in log_lines] == ["1/2", "2/2"]
     assert all("loss " in line for line in log_lines)
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss,val_maxf")
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
+    for row, line in zip(rows[1:], log_lines, strict=True):  # the same losses as train.log
+        assert float(line.split("loss ")[1].split()[0]) == pytest.approx(
+            float(row.split(",")[1]), abs=5e-5
+        )
+    with Image.open(run_dir / "curves.png") as curves:
+        assert curves.size[0] >= 400 and curves.size[1] >= 200
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"])
     assert "MaxF" in result.stdout and "all" in result.stdout

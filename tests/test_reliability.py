@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from semseg.data.transforms import apply, build_transforms
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import load_model, read_checkpoint
 from semseg.io import read_rgb
+from semseg.runs import RunDir
 from semseg.tasks.segmentation import SegmentationTask
 from semseg.training import train
 
@@ -285,15 +287,37 @@ def test_resume_refuses_a_different_model(tmp_path: Path):
 
 def test_existing_run_folder_is_refused_unless_overwrite(tmp_path: Path):
     run_dir = tmp_path / "fixed"
-    run_dir.mkdir()
-    (run_dir / "precious.txt").write_text("an earlier run's file")
-    config = tiny_config(tmp_path, epochs=1, run_dir=str(run_dir))
+    config = tiny_config(tmp_path, epochs=2, run_dir=str(run_dir))
+    train(config)
     with pytest.raises(SemsegError, match="exists; use --resume"):
         train(config)
-    assert (run_dir / "precious.txt").read_text() == "an earlier run's file"
-    train(config, overwrite=True)
-    assert not (run_dir / "precious.txt").exists()
-    assert (run_dir / "eval_val.json").is_file()
+    train(tiny_config(tmp_path, epochs=1, run_dir=str(run_dir)), overwrite=True)
+    assert len(RunDir(run_dir).log.read_text().splitlines()) == 1  # nothing of the first run
+    assert RunDir(run_dir).is_finished()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    config = tiny_config(tmp_path, epochs=1, run_dir=str(precious))
+    with pytest.raises(SemsegError, match="not a semseg run folder.*nothing was deleted"):
+        train(config, overwrite=True)
+    (precious / "config.yaml").write_text("a config.yaml of the user's own\n")
+    with pytest.raises(SemsegError, match="'thesis.tex'"):
+        train(config, overwrite=True)
+    assert sorted(p.name for p in precious.iterdir()) == ["config.yaml", "thesis.tex"]
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_of_the_current_folder_is_a_one_line_error(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "src").mkdir()
+    result = run_cli("train", "--config", "demo", "--run-dir", ".", "--overwrite", cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("semseg: error: --overwrite: ."), errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "src"]
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
@@ -328,8 +352,25 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path):
     assert scores[0] == scores[1]
 
 
+def wait_for(condition, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Poll until ``condition()`` holds (an observable event of the run), while it runs."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, "the run ended before the awaited event"
+        assert time.monotonic() < deadline, "the awaited event did not happen"
+        time.sleep(0.05)
+
+
+def epochs_of(lines: list[str]) -> list[str]:
+    return [line.split("epoch ")[1].split()[0] for line in lines if "epoch " in line]
+
+
+def steps_per_epoch(run: RunDir, batch_size: int) -> int:
+    return math.ceil(len(run.read_split()["train"]) / batch_size)
+
+
 def test_a_run_killed_mid_epoch_resumes_to_a_complete_log(tmp_path: Path):
-    run_dir = tmp_path / "killed"
+    run = RunDir(tmp_path / "killed")
     args = [
         sys.executable,
         "-m",
@@ -354,32 +395,31 @@ def test_a_run_killed_mid_epoch_resumes_to_a_complete_log(tmp_path: Path):
         "--epochs",
         "4",
         "--run-dir",
-        str(run_dir),
+        str(run.path),
     ]
     process = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    log = run_dir / "train.log"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 1:
-            break
-        time.sleep(0.1)
-    time.sleep(1.0)  # into the second epoch
-    assert process.poll() is None, "the run ended before it could be killed"
+    # last.ckpt appears (renamed into place, so complete) at the end of epoch 1: kill in epoch 2.
+    wait_for(run.last.is_file, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (run_dir / "eval_val.json").exists()
-    result = run_cli("train", "--resume", str(run_dir))
+    assert not run.eval_val.exists()
+    first_line = run.log.read_text().splitlines()[0]
+    assert epochs_of([first_line]) == ["1/4"]
+    result = run_cli("train", "--resume", str(run.path))
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = log.read_text().splitlines()
-    assert [line.split("epoch ")[1].split()[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
-    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    lines = run.log.read_text().splitlines()
+    assert epochs_of(lines) == ["1/4", "2/4", "3/4", "4/4"]
+    assert lines[0] == first_line  # the first epoch's line is kept, not rewritten
+    assert "1/4" not in epochs_of(result.stdout.splitlines())  # epoch 1 never ran again
+    rows = run.metrics.read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3", "4"]
-    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    last = read_checkpoint(run.last)
     assert last["epoch"] == 3, (last["epoch"], last["global_step"], lines, result.stdout[-3000:])
-    assert (run_dir / "eval_val.json").is_file()
-    leftovers = [p for p in run_dir.rglob("*.tmp")]
+    assert last["global_step"] == 4 * steps_per_epoch(run, batch_size=2)
+    assert run.is_finished()
+    leftovers = [p for p in run.path.rglob("*.tmp")]
     assert leftovers == []
 
 

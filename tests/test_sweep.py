@@ -15,6 +15,7 @@ from PIL import Image
 import semseg.training
 from semseg.errors import SemsegError
 from semseg.experiments import (
+    collect_result,
     compare_runs,
     expand_grid,
     is_finished,
@@ -22,6 +23,7 @@ from semseg.experiments import (
     parse_sets,
     plan_sweep,
     run_sweep,
+    write_report,
 )
 
 TINY = [
@@ -289,3 +291,45 @@ def test_cli_bad_set_is_a_one_line_error(tmp_path: Path):
     result = semseg_cli("compare", str(tmp_path))
     assert_one_line_error(result, "not a semseg run folder")
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------ the figures' content
+
+
+def test_figures_hold_one_curve_per_setting_and_one_column_per_run(
+    sweep_dir: Path, tmp_path: Path, monkeypatch
+):
+    import semseg.experiments.figures as figures
+    from semseg.runs import RunDir
+
+    saved = {}
+    real_save = figures._save
+
+    def record(figure, path, dpi=100):
+        saved[Path(path).name] = figure
+        real_save(figure, path, dpi)
+
+    monkeypatch.setattr(figures, "_save", record)
+    plan = load_sweep(sweep_dir)
+    results = [collect_result(plan.run_dir(s), s.name, s.values) for s in plan.settings]
+    write_report(results, tmp_path / "report", "max_f", title="t", grid_images=3)
+
+    loss_axis, score_axis = saved["curves.png"].axes[:2]
+    for axis, column in ((loss_axis, "train_loss"), (score_axis, "val_maxf")):
+        lines = axis.get_lines()
+        assert len(lines) == len(plan.settings)  # one curve per setting
+        for line, setting in zip(lines, plan.settings, strict=True):
+            assert line.get_label().startswith(setting.name)
+            rows = read_rows(RunDir(plan.run_dir(setting)).metrics)
+            assert list(line.get_xdata()) == [1, 2]
+            assert list(line.get_ydata()) == pytest.approx([float(r[column]) for r in rows])
+    grid_axes = saved["grid.png"].axes
+    assert len(grid_axes) == 3 * (1 + len(plan.settings))  # rows: images; columns: truth + runs
+    headers = [axis.get_title() for axis in grid_axes[: 1 + len(plan.settings)]]
+    assert headers[0] == "ground truth"
+    assert [h.split("\n")[0].lstrip("* ") for h in headers[1:]] == [s.name for s in plan.settings]
+    assert all(axis.get_images() for axis in grid_axes)  # every cell drawn, none blank
+    with Image.open(tmp_path / "report" / "grid.png") as grid:
+        width, height = grid.size
+    figure_width, figure_height = saved["grid.png"].get_size_inches() * 100
+    assert (width, height) == (round(figure_width), round(figure_height))

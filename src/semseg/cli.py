@@ -55,10 +55,10 @@ def build_train_config(
     """Config file (or the resumed run's), then --set overrides, then plain flags."""
     from semseg.config import apply_overrides, load_config, set_field
     from semseg.data.layout import detect_kind
-    from semseg.training import resolve_resume
+    from semseg.runs import RunDir
 
     if resume is not None:
-        cfg = load_config(str(resolve_resume(resume) / "config.yaml"))
+        cfg = RunDir.of_resume(resume).read_config()
     else:
         cfg = load_config(config or "kitti_fcn8s")
     apply_overrides(cfg, overrides)
@@ -144,12 +144,12 @@ def train(
     }
     cfg = build_train_config(config, resume, list(set_ or []), flags)
     finished = run_training(cfg, resume=resume, overwrite=overwrite)
-    console.print(f"run folder: {finished}")
-    summary = finished / "eval_val.json"
-    if summary.is_file():
-        import json
+    from semseg.runs import RunDir
 
-        print_scores(json.loads(summary.read_text()), title="validation (full resolution)")
+    console.print(f"run folder: {finished}")
+    run = RunDir(finished)
+    if run.eval_val.is_file():
+        print_scores(run.read_eval(), title="validation (full resolution)")
 
 
 def print_scores(results: dict, title: str) -> None:
@@ -518,12 +518,14 @@ def demo(
 ) -> None:
     """Train a small model on synthetic road scenes (no data, no network) and show the result."""
     from semseg.demo import TARGET_IOU, run_demo
+    from semseg.runs import RunDir
 
     report = run_demo(out_dir=out_dir, seconds=seconds)
     print_scores(report.results, title="held-out synthetic scenes")
     console.print(f"run folder: {report.run_dir}")
-    console.print(f"report: {report.run_dir / 'report.md'}")
-    console.print(f"overlays: {report.run_dir / 'heldout_overlays'}")
+    run = RunDir(report.run_dir)
+    console.print(f"report: {run.report}")
+    console.print(f"overlays: {run.heldout_overlays}")
     console.print(f"held-out road IoU: {report.road_iou:.2f}%")
     if report.road_iou < TARGET_IOU:
         raise SemsegError(

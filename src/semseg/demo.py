@@ -17,7 +17,8 @@ from semseg.data.synthetic import write_kitti_layout
 from semseg.evaluation import evaluate_samples
 from semseg.inference.checkpoint import load_model
 from semseg.io import write_json_atomic, write_text_atomic
-from semseg.training import best_checkpoint, spread, train, write_overlays
+from semseg.runs import RunDir
+from semseg.training import spread, train, write_overlays
 
 HELDOUT_SCENES = 30
 HELDOUT_SEED_OFFSET = 1000
@@ -36,35 +37,35 @@ def run_demo(out_dir: str = "runs", seconds: float | None = None) -> DemoReport:
     config.train.out_dir = out_dir
     if seconds is not None:
         config.train.max_time_s = seconds
-    run_dir = train(config)
+    run = RunDir(train(config))
     height, width = config.data.synthetic_size
     heldout_dir = write_kitti_layout(
-        run_dir / "heldout",
+        run.heldout,
         num_train=HELDOUT_SCENES,
         seed=config.train.seed + HELDOUT_SEED_OFFSET,
         height=height,
         width=width,
     )
-    loaded = load_model(best_checkpoint(run_dir))
+    loaded = load_model(run.best_checkpoint())
     samples = index_split(heldout_dir, "training")
     reader = make_reader(config.data, config.model.num_classes)
     results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
     results["split"] = "heldout"
-    write_json_atomic(run_dir / "eval_heldout.json", results)
-    write_overlays(loaded, spread(samples, 6), reader, run_dir / "heldout_overlays")
+    write_json_atomic(run.eval_heldout, results)
+    write_overlays(loaded, spread(samples, 6), reader, run.heldout_overlays)
     road_iou = results["groups"]["all"]["iou"]
-    write_text_atomic(run_dir / "report.md", report_text(run_dir, results, road_iou))
-    return DemoReport(run_dir=run_dir, results=results, road_iou=road_iou)
+    write_text_atomic(run.report, report_text(run, results, road_iou))
+    return DemoReport(run_dir=run.path, results=results, road_iou=road_iou)
 
 
-def report_text(run_dir: Path, results: dict, road_iou: float) -> str:
+def report_text(run: RunDir, results: dict, road_iou: float) -> str:
     rows = [
         f"| {group} | {v['max_f']:.2f} | {v['ap']:.2f} | {v['iou']:.2f} | "
         f"{v['pixel_accuracy']:.2f} | {v['num_images']} |"
         for group, v in results["groups"].items()
     ]
     verdict = "reached" if road_iou >= TARGET_IOU else "missed"
-    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
+    log = run.log.read_text() if run.log.is_file() else ""
     return "\n".join(
         [
             "# semseg demo",

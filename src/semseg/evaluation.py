@@ -27,7 +27,6 @@ from semseg.bev import KITTI_BEV_GRID, LookupCache
 from semseg.config import IGNORE_INDEX, DataConfig
 from semseg.data.calib import KittiCalib, read_calib
 from semseg.data.datamodule import index_samples
-from semseg.data.kitti import read_split
 from semseg.data.layout import detect_kind
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
@@ -76,10 +75,12 @@ def labelled_samples(data_root: Path, skip_bad: bool = False) -> list[Sample]:
 
 def val_split_names(checkpoint: Path) -> list[str]:
     """The validation names of the run a checkpoint belongs to (``RUN/split.json``)."""
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        if (folder / "split.json").is_file():
-            return read_split(folder / "split.json")["val"]
-    raise SemsegError(f"--split val: no split.json in the run of {checkpoint}")
+    from semseg.runs import RunDir
+
+    run = RunDir.of_checkpoint(checkpoint)
+    if run is None:
+        raise SemsegError(f"--split val: no split.json in the run of {checkpoint}")
+    return run.read_split()["val"]
 
 
 class SpaceScores:

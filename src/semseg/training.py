@@ -1,22 +1,12 @@
 """One training run, top to bottom: run folder, data, split, task, trainer, outputs.
 
-Everything a run produces lands in ``runs/<name>-<timestamp>/``::
-
-    config.yaml       the resolved configuration
-    split.json        the train/val split (names), reused on --resume
-    train.log         one line per epoch: time, epoch, mean training loss, validation scores
-    metrics.csv       the same per epoch as CSV;  tensorboard/  TensorBoard events
-    checkpoints/      last.ckpt and best.ckpt (best validation MaxF)
-    curves.png        loss and validation scores per epoch
-    overlays/         validation images with the predicted road in green
-    eval_val.json     devkit metrics of best.ckpt on the validation split, full resolution
+The run folder's layout, creation, resume and locking belong to :class:`semseg.runs.RunDir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,20 +18,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from semseg.config import Config, resolve_config, save_config
+from semseg.config import Config, resolve_config
 from semseg.data.datamodule import SegmentationDataModule, index_samples, make_reader, make_split
-from semseg.data.kitti import read_split, write_split
 from semseg.errors import SemsegError
 from semseg.evaluation import evaluate_samples
 from semseg.inference.checkpoint import load_model, read_checkpoint
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
 from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
+from semseg.runs import RUN_DIR_ENV, RunDir, is_rank_zero, save_checkpoint_atomic, warn
 from semseg.tasks.segmentation import SegmentationTask
-
-RUN_DIR_ENV = "SEMSEG_RUN_DIR"  # lets DDP worker processes find the run folder of rank 0
-
 
 METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
 
@@ -74,9 +62,9 @@ class EpochLog(Callback):
     free of duplicates.
     """
 
-    def __init__(self, run_dir: Path, echo: bool) -> None:
-        self.log_path = run_dir / "train.log"
-        self.csv_path = run_dir / "metrics.csv"
+    def __init__(self, run: RunDir, echo: bool) -> None:
+        self.log_path = run.log
+        self.csv_path = run.metrics
         self.echo = echo
         self._loss_sum = 0.0
         self._count = 0
@@ -194,34 +182,6 @@ def _csv_epoch(row: str) -> int:
         return 0
 
 
-def warn(message: str) -> None:
-    print(f"semseg: warning: {message}", file=sys.stderr, flush=True)
-
-
-def planned_run_dir(config: Config) -> Path:
-    """``train.run_dir`` or ``out_dir/name-timestamp`` (not created yet)."""
-    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(os.environ[RUN_DIR_ENV])
-    if config.train.run_dir:
-        return Path(config.train.run_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(config.train.out_dir) / f"{config.train.name}-{stamp}"
-
-
-def new_run_dir(config: Config, overwrite: bool = False, run_dir: Path | None = None) -> Path:
-    """Create ``run_dir`` (default :func:`planned_run_dir`); an existing folder is refused unless
-    ``overwrite``, which empties it first (nothing of an earlier run is silently mixed in)."""
-    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(os.environ[RUN_DIR_ENV])
-    run_dir = run_dir or planned_run_dir(config)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise SemsegError(f"{run_dir} exists; use --resume {run_dir} or --overwrite")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def check_resumable(config: Config, checkpoint: Path) -> None:
     """Refuse to resume a checkpoint of another model or class count than the config's."""
     hparams = read_checkpoint(checkpoint)["hyper_parameters"]
@@ -264,14 +224,28 @@ def parse_devices(devices: str) -> int | list[int] | str:
     return text
 
 
-def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file in their own folder, fsynced, then renamed: a kill
+    during the write never leaves a torn ``last.ckpt`` or ``best.ckpt`` (a temp file in
+    ``$TMPDIR`` moved across filesystems would be a copy, and could be cut short)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        save_checkpoint_atomic(checkpoint, Path(path))
+
+
+def build_trainer(config: Config, run: RunDir | Path, progress: bool) -> L.Trainer:
+    run = run if isinstance(run, RunDir) else RunDir(run)
     train = config.train
     echo = not progress
     callbacks: list[Callback] = [
-        EpochLog(run_dir, echo=echo),
+        EpochLog(run, echo=echo),
         ChannelsLast(getattr(train, "channels_last", None)),
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=run.checkpoints,
             filename="best",
             monitor="val_maxf",
             mode="max",
@@ -279,7 +253,7 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
         ),
         # Lightning's save_last only follows a new best; resuming needs every epoch's state.
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=run.checkpoints,
             filename="last",
             monitor=None,
             save_top_k=1,
@@ -292,7 +266,7 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
     if train.max_time_s and train.clock == "cpu":
         callbacks.append(CpuTimer(train.max_time_s, torch.get_num_threads()))
     return L.Trainer(
-        default_root_dir=run_dir,
+        default_root_dir=run.path,
         max_epochs=train.epochs,
         max_time={"seconds": wall_budget} if wall_budget else None,
         accelerator=train.accelerator,
@@ -301,7 +275,10 @@ def build_trainer(config: Config, run_dir: Path, progress: bool) -> L.Trainer:
         strategy=train.strategy,
         precision=train.precision,
         gradient_clip_val=train.grad_clip,
-        logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        logger=TensorBoardLogger(
+            run.path, name=run.tensorboard.name, version="", default_hp_metric=False
+        ),
+        plugins=[AtomicCheckpointIO()],
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -341,11 +318,7 @@ def build_task(config: Config) -> SegmentationTask:
 
 def resolve_resume(resume: str | Path) -> Path:
     """The run folder named by ``--resume`` (the folder itself or one of its checkpoints)."""
-    path = Path(resume)
-    run_dir = path.parent.parent if path.suffix == ".ckpt" else path
-    if not (run_dir / "config.yaml").is_file():
-        raise SemsegError(f"--resume {resume}: not a semseg run folder (no config.yaml)")
-    return run_dir
+    return RunDir.of_resume(resume).path
 
 
 def train(
@@ -356,64 +329,73 @@ def train(
 ) -> Path:
     """Train as configured; returns the run folder (``run_dir``: this folder, not a new one).
 
-    ``config`` is not changed: the run uses the resolved copy that it writes to config.yaml."""
-    synthetic = config.data.kind == "synthetic"
+    The process holds the run folder's lock from start to finish, so a second writer (another
+    ``--resume``, an orphaned sweep worker) is refused instead of interleaving its epochs.
+    """
     if run_dir is not None:
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, run_dir=str(run_dir))
         )
-    run_dir = resolve_resume(resume) if resume else planned_run_dir(config)
-    config = resolve_config(config, run_dir)
+    run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
+    synthetic = config.data.kind == "synthetic"
+    config = resolve_config(config, run.path)  # validated; never changed during the run
     L.seed_everything(config.train.seed, workers=True, verbose=False)
+    if not is_rank_zero():
+        return _train_in(config, run, resume is not None, synthetic)
     if not resume:
-        run_dir = new_run_dir(config, overwrite, run_dir)
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+        run.check_new(overwrite)  # refused before the lock file exists: nothing is written
+    with run.lock():
+        if not resume:
+            run.create(overwrite)
+        run.remove_temp_files()
+        os.environ[RUN_DIR_ENV] = str(run.path.resolve())
+        return _train_in(config, run, resume is not None, synthetic)
+
+
+def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Path:
+    """Data, split, config, fit and the finished run's outputs, in an existing run folder."""
     prepare_data(config, synthetic)
     samples = index_samples(config.data)
-    split_path = run_dir / "split.json"
-    if split_path.is_file():
-        split = read_split(split_path)
+    if run.split.is_file():
+        split = run.read_split()
     else:
         split = make_split(samples, config.data.val_fraction, config.train.seed)
-        write_split(split_path, split)
-    save_config(config, run_dir / "config.yaml")
+        run.write_split(split)
+    run.save_config(config)
     datamodule = SegmentationDataModule(config, samples, split)
     if datamodule.skipped:
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")
     task = build_task(config)
     progress = config.train.progress and sys.stdout.isatty()
-    trainer = build_trainer(config, run_dir, progress)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = last if resume and last.is_file() else None
+    trainer = build_trainer(config, run, progress)
+    ckpt_path = run.resume_checkpoint() if resume else None
     if ckpt_path is not None:
         check_resumable(config, ckpt_path)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
-        finish_run(config, run_dir, datamodule)
-    return run_dir
+        finish_run(config, run, datamodule)
+    return run.path
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    best = run_dir / "checkpoints" / "best.ckpt"
-    return best if best.is_file() else run_dir / "checkpoints" / "last.ckpt"
+    """The checkpoint a finished run is judged by (see :meth:`RunDir.best_checkpoint`)."""
+    return RunDir(run_dir).best_checkpoint()
 
 
-def finish_run(config: Config, run_dir: Path, datamodule: SegmentationDataModule) -> dict:
+def finish_run(config: Config, run: RunDir, datamodule: SegmentationDataModule) -> dict:
     """Curves, overlays of validation images and the full-resolution validation scores.
 
     ``eval_val.json`` is written last: its presence marks a finished run (sweeps rely on it).
     """
-    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=run_dir.name)
-    loaded = load_model(best_checkpoint(run_dir))
+    plot_curves(run.metrics, run.curves, title=run.name)
+    loaded = load_model(run.best_checkpoint())
     reader = make_reader(config.data, config.model.num_classes)
     samples = datamodule.val_samples
     results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
     results["split"] = "val"
-    write_overlays(
-        loaded, spread(samples, config.train.overlay_samples), reader, run_dir / "overlays"
-    )
-    write_json_atomic(run_dir / "eval_val.json", results)
+    write_overlays(loaded, spread(samples, config.train.overlay_samples), reader, run.overlays)
+    write_json_atomic(run.eval_val, results)
     return results
 
 

@@ -30,7 +30,8 @@ class RoadMaxF(Metric):
         self.add_state("neg_hist", torch.zeros(LEVELS, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, confidence: Tensor, target: Tensor) -> None:
-        levels = torch.round(confidence.detach().float().clamp(0, 1) * 255).long()
+        # float64, as the devkit's quantize_confidence: float32 products round ties differently
+        levels = torch.round(confidence.detach().double().clamp(0, 1) * 255).long()
         valid = target != self.ignore_index
         positive = target == self.positive_class
         self.pos_hist += torch.bincount(levels[valid & positive], minlength=LEVELS)
