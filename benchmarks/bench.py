@@ -252,7 +252,7 @@ class MatmulRunner:
 
 class InferRunner:
     def __init__(self, config: Config, settings: Settings, onnx_path: str | None) -> None:
-        from semseg.inference.backends import OnnxRuntimeBackend, TorchBackend
+        from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 
         self.settings = settings
         if config.path == "onnxruntime":
@@ -547,7 +547,7 @@ def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
     """Every path against fp32 eager over the images: max |dp|, label changes, MaxF."""
     try:
         from semseg.evaluation import SpaceScores
-        from semseg.inference.backends import Candidate, build_backend
+        from semseg.inference.autotune import Candidate, build_backend
         from semseg.inference.checkpoint import LoadedModel, load_model
         from semseg.inference.predictor import Predictor
 
@@ -689,7 +689,7 @@ def parity_images(settings: Settings, data: Path) -> tuple[list, str]:
 
 
 def machine() -> dict[str, Any]:
-    from semseg.inference.backends import bf16_supported, cpu_flags, cpu_model
+    from semseg.inference.machine import bf16_supported, cpu_flags, cpu_model
 
     info: dict[str, Any] = {"cpu": cpu_model(), "cpus": os.cpu_count()}
     with contextlib.suppress(Exception):
@@ -764,7 +764,7 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
 
 
 def models_bf16() -> bool:
-    from semseg.inference.backends import bf16_supported
+    from semseg.inference.machine import bf16_supported
 
     return bf16_supported()
 

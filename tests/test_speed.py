@@ -22,18 +22,18 @@ from conftest import run_cli
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene
-from semseg.inference.backends import (
+from semseg.inference.autotune import (
     BASELINE,
+    BackendOptions,
     Candidate,
-    OnnxRuntimeBackend,
-    TorchBackend,
     auto_candidates,
-    bf16_supported,
-    select_backend,
+    choose_backend,
 )
 from semseg.inference.checkpoint import load_model
+from semseg.inference.machine import bf16_supported
 from semseg.inference.onnx_export import export_onnx, load_onnx_model, read_onnx_metadata
 from semseg.inference.predictor import Predictor
+from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 from semseg.tasks.segmentation import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,19 +195,19 @@ def test_auto_calibrates_keeps_parity_and_caches(checkpoint: Path, workdir: Path
     assert candidates[0] == BASELINE and Candidate("onnxruntime") in candidates
     assert any(c.precision == "bf16" for c in candidates) == bf16_supported()
     image = generate_scene(1, height=60, width=200).image
-    backend, choice = select_backend(loaded, "auto", image=image)
+    backend, choice = choose_backend(loaded, BackendOptions("auto"), image=image)
     assert choice.candidate in candidates and not choice.cached
     assert choice.seconds is not None and choice.seconds > 0
     for trial in choice.trials:
         if trial.accepted:
             assert trial.max_abs_prob_diff <= (0.02 if "bf16" in trial.label else 1e-3)
     assert choice.line(backend).startswith(f"backend: {backend.describe()} (")
-    again, cached = select_backend(loaded, "auto", image=image)
+    again, cached = choose_backend(loaded, BackendOptions("auto"), image=image)
     assert cached.cached and cached.candidate == choice.candidate
     assert "cached choice" in cached.line(again)
     stored = json.loads((workdir / "cache" / "backend-choices.json").read_text())
     assert any(entry["checkpoint"] == str(checkpoint) for entry in stored.values())
-    _, fresh = select_backend(loaded, "auto", image=image, recalibrate=True)
+    _, fresh = choose_backend(loaded, BackendOptions("auto", recalibrate=True), image=image)
     assert not fresh.cached and fresh.trials
 
 

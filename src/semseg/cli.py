@@ -225,7 +225,7 @@ def crf_settings(enabled: bool, iters, pos_sxy, pos_w, bi_sxy, bi_srgb, bi_w):
     )
 
 
-# Inference backends (semseg predict / evaluate): see semseg.inference.backends.
+# Inference backends (semseg predict / evaluate): see semseg.inference.autotune.
 BackendOpt = Annotated[
     str,
     typer.Option(
@@ -266,22 +266,14 @@ def load_any_model(path: Path):
 def choose_backend(loaded, backend, precision, channels_last, compile_, threads, recalibrate,
                    image=None, batch_size=1):
     """The backend the flags ask for; says which on one stderr line."""
-    from semseg.inference.backends import select_backend
+    from semseg.inference.autotune import BackendOptions, choose_backend
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    engine, choice = select_backend(
-        loaded,
-        backend,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        threads=threads,
-        image=image,
-        recalibrate=recalibrate,
-        announce=announce,
-        batch_size=batch_size,
+    options = BackendOptions(backend, precision, channels_last, compile_, threads, recalibrate)
+    engine, choice = choose_backend(
+        loaded, options, image=image, announce=announce, batch_size=batch_size
     )
     announce(choice.line(engine))
     return engine

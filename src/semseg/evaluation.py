@@ -30,7 +30,7 @@ from semseg.data.folder import index_folder
 from semseg.data.kitti import index_split, read_split
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
-from semseg.inference.backends import InferenceBackend
+from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor
@@ -150,7 +150,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
 
-    ``backend``: what runs the model (:mod:`semseg.inference.backends`; default fp32 torch).
+    ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
 
     ``crf``: refine each image's probabilities with the fully connected CRF before scoring
     (:mod:`semseg.inference.crf`); its settings are recorded under ``"crf"`` in the results.
