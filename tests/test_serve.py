@@ -22,9 +22,11 @@ from PIL import Image
 from semseg.data.synthetic import generate_scene
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel, load_model
+from semseg.inference.options import BackendOptions
 from semseg.inference.predictor import Predictor, confidence_levels
 from semseg.inference.visualize import overlay
-from semseg.serve import create_app, listen_socket, offered_backends, resolve_backend
+from semseg.serve import create_app, listen_socket
+from semseg.serve.connection import server_config
 from semseg.tasks.segmentation import SegmentationTask
 
 with warnings.catch_warnings():  # newer Starlette warns that its test client prefers httpx2
@@ -290,7 +292,9 @@ def test_busy_server_answers_503_with_retry_after(loaded, scene):
 
 
 def test_a_bad_image_in_a_micro_batch_fails_alone(loaded, scene):
-    from semseg.serve import ApiError, Job, Prediction, probe_image
+    from semseg.serve.codecs import probe_image
+    from semseg.serve.schemas import ApiError
+    from semseg.serve.worker import Job, Prediction
 
     worker = create_app(loaded, backend="torch", warmup=False).state.service.worker
     good, bad = encode(scene), encode(scene)[:150]  # the header of `bad` passes, its pixels not
@@ -317,11 +321,7 @@ def test_a_server_fault_is_a_json_500(loaded, scene, monkeypatch):
         assert faulty.get("/healthz").json()["in_flight"] == 0
 
 
-def test_onnxruntime_backend_where_offered(loaded, scene, tmp_path, monkeypatch):
-    if "onnxruntime" not in offered_backends():
-        with pytest.raises(SemsegError, match="onnxruntime is not available"):
-            create_app(loaded, backend="onnxruntime")
-        return
+def test_onnxruntime_backend(loaded, scene, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path / "cache"))  # the ONNX export goes here
     data = encode(scene)
     with TestClient(create_app(loaded, backend="onnxruntime")) as onnx:
@@ -334,16 +334,18 @@ def test_onnxruntime_backend_where_offered(loaded, scene, tmp_path, monkeypatch)
     assert np.abs(prob - reference).max() <= 1
 
 
-def test_backend_choices():
-    assert resolve_backend("torch") == "torch"
-    assert resolve_backend("auto") == ("auto" if "auto" in offered_backends() else "torch")
+def test_backend_choices(loaded):
+    assert BackendOptions("torch").backend == "torch"
+    assert BackendOptions(" Auto ").backend == "auto"
+    assert BackendOptions("onnxruntime").backend == "onnxruntime"
     with pytest.raises(SemsegError, match="--backend must be one of"):
-        resolve_backend("tensorrt")
-    if "onnxruntime" in offered_backends():
-        assert resolve_backend("onnxruntime") == "onnxruntime"
-    else:
-        with pytest.raises(SemsegError, match="onnxruntime is not available"):
-            resolve_backend("onnxruntime")
+        BackendOptions("tensorrt")
+    with pytest.raises(SemsegError, match="--backend must be one of"):
+        create_app(loaded, backend="tensorrt", warmup=False)
+    with pytest.raises(SemsegError, match="--precision must be one of"):
+        BackendOptions("torch", precision="fp8")
+    with pytest.raises(SemsegError, match="runs fp32 only"):
+        BackendOptions("onnxruntime", compile=True)
 
 
 @pytest.mark.parametrize("case", ["unknown backend", "address in use"])
@@ -352,7 +354,7 @@ def test_cli_refuses_bad_settings_in_one_line(checkpoint, monkeypatch, capsys, c
 
     busy = listen_socket("127.0.0.1", 0)  # a port that is taken
     if case == "unknown backend":
-        args, fragment = ["--backend", "tensorrt", "--port", "0"], "--backend must be one of"
+        args, fragment = ["--backend", "tensorrt", "--port", "0"], "Invalid value for '--backend'"
     else:
         args, fragment = ["--port", str(busy.getsockname()[1])], "cannot listen"
     monkeypatch.setattr(sys, "argv", ["semseg", "serve", str(checkpoint), *args])
@@ -378,7 +380,7 @@ def live_server(loaded):
     app = create_app(loaded, backend="torch", max_queue=4)
     sock = listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

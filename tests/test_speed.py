@@ -284,7 +284,7 @@ def test_cli_export_errors_are_one_line(checkpoint: Path, exported: Path, images
         (("export", str(checkpoint), "--format", "tflite"), "--format must be one of onnx"),
         (("export", str(checkpoint), "--opset", "7"), "--opset must be between"),
         (("predict", str(checkpoint), str(images), "--backend", "tensorrt"),
-         "--backend must be one of"),
+         "Invalid value for '--backend'"),
         (("predict", str(exported), str(images), "--backend", "torch"), "is an ONNX model"),
     ]
     for args, fragment in cases:

@@ -30,10 +30,10 @@ from semseg.data.folder import index_folder
 from semseg.data.kitti import index_split, read_split
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
-from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor
+from semseg.inference.runtimes import InferenceBackend
 from semseg.metrics.kitti import KittiRoadEvaluator
 
 SCORE_COLUMNS = ("max_f", "ap", "precision", "recall", "fpr", "fnr", "best_threshold")
@@ -244,6 +244,12 @@ def read_chunk(
             continue
         kept.append(sample)
     return kept, pairs
+
+
+def check_model_fits_data(loaded: LoadedModel, data_config: DataConfig) -> None:
+    """Refuse a model whose classes cannot be scored on the data (KITTI road has 2)."""
+    if data_config.kind == "kitti" and loaded.num_classes != 2:
+        raise SemsegError(f"{loaded.path} predicts {loaded.num_classes} classes; KITTI road has 2")
 
 
 def data_config_for(data_root: Path, class_table: str | None) -> DataConfig:

@@ -22,7 +22,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,69 +32,16 @@ from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel, file_sha256
 from semseg.inference.machine import bf16_supported, cache_dir, machine_key
 from semseg.inference.onnx_export import DEFAULT_OPSET, export_onnx
-from semseg.inference.runtimes import (
-    PRECISIONS,
-    InferenceBackend,
-    OnnxRuntimeBackend,
-    TorchBackend,
-)
+from semseg.inference.options import BackendOptions
+from semseg.inference.runtimes import InferenceBackend, OnnxRuntimeBackend, TorchBackend
 from semseg.io import first_line, write_json_atomic, write_text_atomic
 
-
-class Backend(StrEnum):
-    """``--backend``: ``auto`` (fastest with parity, calibrated once), torch, onnxruntime."""
-
-    auto = "auto"
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-
-
-BACKEND_NAMES = tuple(b.value for b in Backend)
 PARITY_TOLERANCE = {"32": 1e-3, "bf16": 0.02}
 """Largest max |p - p_fp32_eager| (softmax probability, any class, any pixel) that ``auto``
 accepts for a candidate of that precision; ONNX Runtime runs fp32."""
 CALIBRATION_ITERATIONS = 3
 CALIBRATION_MAX_BATCH = 4
 """Timed runs per candidate (after one warm-up), interleaved between candidates; median kept."""
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """How to run a model: the backend flags of ``semseg predict``, ``evaluate`` and ``serve``.
-
-    Built from user input: a name or value outside its choices is a :class:`SemsegError` naming
-    the flag. ``precision`` / ``channels_last`` None: ``auto`` tries both (torch: 32, NCHW).
-    """
-
-    backend: str = "auto"
-    precision: str | None = None
-    channels_last: bool | None = None
-    compile: bool = False
-    threads: int | None = None
-    recalibrate: bool = False
-
-    def __post_init__(self) -> None:
-        name = str(self.backend).strip().lower()
-        if name not in BACKEND_NAMES:
-            raise SemsegError(
-                f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}"
-            )
-        object.__setattr__(self, "backend", name)
-        if self.precision is not None:
-            precision = str(self.precision)
-            if precision not in PRECISIONS:
-                raise SemsegError(
-                    f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-                )
-            object.__setattr__(self, "precision", precision)
-        if self.threads is not None and int(self.threads) < 1:
-            raise SemsegError(f"--threads must be at least 1, got {self.threads}")
-        fp32_only = self.precision == "bf16" or self.channels_last or self.compile
-        if self.backend == "onnxruntime" and fp32_only:
-            raise SemsegError(
-                "--backend onnxruntime runs fp32 only: drop --precision bf16, --channels-last "
-                "and --compile"
-            )
 
 
 # ---------------------------------------------------------------------------------------------

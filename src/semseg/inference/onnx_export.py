@@ -90,6 +90,13 @@ class ExportWrapper(nn.Module):
         return model.forward_normalized(x)[:, :, :height, :width]
 
 
+def check_format(name: str) -> str:
+    """``--format``: one of :data:`FORMATS`."""
+    if name not in FORMATS:
+        raise SemsegError(f"--format must be one of {', '.join(FORMATS)}, got {name!r}")
+    return name
+
+
 def check_opset(opset: int) -> int:
     from torch.onnx._constants import ONNX_MAX_OPSET
 

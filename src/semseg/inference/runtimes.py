@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,8 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.inference.machine import bf16_supported
+from semseg.inference.options import PRECISIONS
 from semseg.io import first_line
-
-
-class Precision(StrEnum):
-    """``--precision``: fp32 (``32``) or bfloat16 autocast (``bf16``, torch only)."""
-
-    fp32 = "32"
-    bf16 = "bf16"
-
-
-PRECISIONS = tuple(p.value for p in Precision)
 
 
 class InferenceBackend:
