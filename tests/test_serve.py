@@ -3,10 +3,12 @@ in headless Chromium when /usr/bin/chromium and playwright are there) and a quic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import json
+import socket
 import sys
 import threading
 import time
@@ -506,3 +508,250 @@ def test_quick_load(checkpoint, tmp_path):
     assert summary["requests"] == 40 and summary["clients"] == 4
     assert summary["ok"] == 40 and summary["failures"] == 0
     assert summary["throughput_rps"] > 0 and summary["latency_ms"]["p95"] > 0
+
+
+# --- hostile and careless clients (issue 20: items 3, 4, 5, 14) ------------------------------
+
+
+@contextlib.contextmanager
+def running(app, **config):
+    """uvicorn with the service's connection settings on 127.0.0.1 (a free port), in a thread."""
+    import uvicorn
+
+    sock = listen_socket("127.0.0.1", 0)
+    server = uvicorn.Server(server_config(app, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def raw_connection(port: int) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return conn
+
+
+def read_until_closed(conn: socket.socket, limit_s: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by ``limit_s``)."""
+    conn.settimeout(limit_s)
+    chunks = []
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def json_error_of(raw: bytes, status: int) -> str:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} "), lines[0]
+    assert "content-type: application/json" in [line.lower() for line in lines[1:]], lines
+    message = json.loads(body)["error"]
+    assert isinstance(message, str) and message and "\n" not in message
+    return message
+
+
+def health(port: int) -> dict:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()
+
+
+def test_slow_bodies_time_out_and_do_not_lock_the_service(loaded, scene):
+    """Clients that never finish their body got a queue slot each and held it for minutes while
+    /healthz said ok; now bodies are read (under a deadline) before a request is admitted."""
+    import httpx
+
+    data = encode(scene)
+    app = create_app(loaded, backend="torch", max_queue=3, body_timeout=2.0, warmup=False)
+    with running(app, header_timeout=5.0, keep_alive=5.0) as port:
+        slow = []
+        for _ in range(2):
+            conn = raw_connection(port)
+            conn.sendall(b"POST /v1/segment?format=json HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + data[:50])
+            slow.append(conn)
+        deadline = time.monotonic() + 5
+        while health(port)["reading"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = health(port)
+        assert state["reading"] == 2 and state["status"] == "ok"
+        normal = httpx.post(f"http://127.0.0.1:{port}/v1/segment", params={"format": "json"},
+                            content=data, headers={"Content-Type": "image/png"}, timeout=30)
+        assert normal.status_code == 200, normal.text  # the slow ones do not block the rest
+        third = raw_connection(port)  # every read slot held: degraded, and the next is a 503
+        third.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + data[:50])
+        deadline = time.monotonic() + 5
+        while health(port)["reading"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health(port)["status"] == "degraded"
+        refused = httpx.post(f"http://127.0.0.1:{port}/v1/segment", content=data,
+                             headers={"Content-Type": "image/png"}, timeout=30)
+        assert_json_error(refused, 503, "busy")
+        for conn in [*slow, third]:
+            assert "did not arrive within 2 s" in json_error_of(read_until_closed(conn), 408)
+            conn.close()
+        after = health(port)
+        assert after["status"] == "ok" and after["reading"] == 0 and after["in_flight"] == 0
+
+
+def test_half_sent_heads_and_idle_connections_are_closed(loaded):
+    app = create_app(loaded, backend="torch", warmup=False)
+    with running(app, header_timeout=1.0, keep_alive=1.0) as port:
+        silent = raw_connection(port)  # connects, sends nothing
+        half = raw_connection(port)
+        half.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        for conn in (silent, half):
+            started = time.monotonic()
+            assert "no complete request head" in json_error_of(read_until_closed(conn), 408)
+            assert time.monotonic() - started < 8  # closed by the server, not by our limit
+            conn.close()
+        idle = raw_connection(port)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_closed(idle)  # the answer, then the idle keep-alive is closed
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in answer
+        idle.close()
+
+
+def test_malformed_http_is_a_json_400(loaded):
+    app = create_app(loaded, backend="torch", warmup=False)
+    with running(app) as port:
+        for request in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n"):
+            conn = raw_connection(port)
+            conn.sendall(request)
+            assert json_error_of(read_until_closed(conn), 400)
+            conn.close()
+
+
+def test_megapixel_limit_is_read_from_the_header(loaded, monkeypatch):
+    """A small PNG that decodes to many megapixels is refused before any pixel is decoded."""
+    from PIL import ImageFile
+
+    big = encode(np.zeros((2000, 2100, 3), np.uint8))  # 4.2 MP in a few kilobytes
+    assert len(big) < 100_000
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    app = create_app(loaded, backend="torch", warmup=False)
+    assert app.state.service.info.limits.max_pixels == 4_000_000
+    with TestClient(app) as client:
+        monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+        assert_json_error(post_image(client, big, "json"), 413, "4200000 pixels", "4000000")
+        monkeypatch.undo()
+        assert post_image(client, encode(np.zeros((60, 200, 3), np.uint8)), "json").status_code \
+            == 200
+    with TestClient(create_app(loaded, backend="torch", max_pixels=10_000, warmup=False)) as small:
+        assert_json_error(post_image(small, encode(np.zeros((60, 200, 3), np.uint8))), 413,
+                          "12000 pixels")
+
+
+def test_decoded_pixels_in_flight_stay_within_the_budget(loaded, scene):
+    """However many requests wait, the worker starts a batch only while the decoded pixels not
+    yet answered fit the budget (here one 200 x 60 image)."""
+    import asyncio
+
+    app = create_app(loaded, backend="torch", max_queue=8, decoded_pixels=200 * 60,
+                     warmup=False)
+    worker = app.state.service.worker
+    data = encode(scene)
+    peaks = []
+    original = worker.predictor.predict_batch
+
+    def watched(images):
+        peaks.append(worker.held_pixels)
+        return original(images)
+
+    worker.predictor.predict_batch = watched
+
+    async def request() -> None:
+        result = await worker.predict(data, 200 * 60, want_prob=True)
+        await asyncio.sleep(0.01)  # the answer is being written
+        await worker.release_pixels(result.pixels)
+
+    async def main() -> None:
+        worker.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*[request() for _ in range(6)]), timeout=120)
+        finally:
+            await worker.stop()
+
+    asyncio.run(main())
+    assert len(peaks) == 6 and max(peaks) == 200 * 60  # one image at a time, never two
+    assert worker.held_pixels == 0 and worker.images == 6
+
+
+@pytest.mark.parametrize("where", ["decoding", "inference", "worker loop"])
+def test_out_of_memory_is_a_503_and_the_service_stays_healthy(loaded, scene, monkeypatch,
+                                                              where):
+    """A MemoryError was answered 500, then 400 "MemoryError", then nothing answered at all."""
+    import semseg.serve.codecs as codecs
+
+    app = create_app(loaded, backend="torch", warmup=False)
+    worker = app.state.service.worker
+    failures = {"left": 1}
+
+    def fail_once(original):
+        def wrapped(*args, **kwargs):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise MemoryError()
+            return original(*args, **kwargs)
+
+        return wrapped
+
+    if where == "decoding":
+        monkeypatch.setattr(codecs, "to_rgb_array", fail_once(codecs.to_rgb_array))
+    elif where == "inference":
+        monkeypatch.setattr(worker.predictor, "predict_batch",
+                            fail_once(worker.predictor.predict_batch))
+    else:
+        original = worker._serve_batch
+
+        async def broken(jobs):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise MemoryError()
+            return await original(jobs)
+
+        monkeypatch.setattr(worker, "_serve_batch", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = post_image(client, encode(scene), "json")
+        assert_json_error(response, 503, "out of memory")
+        assert response.headers["retry-after"]
+        for _ in range(2):
+            assert post_image(client, encode(scene), "json").status_code == 200
+        state = client.get("/healthz").json()
+        assert state["status"] == "ok" and state["in_flight"] == 0
+        assert state["decoded_pixels"] == 0 and state["reading"] == 0
+
+
+def test_small_http_points(client, scene):
+    # no object addresses in error texts
+    response = client.post("/v1/segment", content=b"not an image at all",
+                           headers={"Content-Type": "image/png"})
+    assert_json_error(response, 400, "cannot decode")
+    assert "0x" not in response.json()["error"] and "BytesIO" not in response.json()["error"]
+    # a truncated multipart upload is a 400, as documented
+    boundary = "semsegboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"scene.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    body += encode(scene) + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    assert client.post("/v1/segment", content=body, headers=headers).status_code == 200
+    for cut in (len(body) - 8, len(body) // 2, 120):
+        assert_json_error(client.post("/v1/segment", content=body[:cut], headers=headers), 400,
+                          "multipart")
+    # HEAD /healthz
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.content == b""

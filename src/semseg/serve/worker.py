@@ -5,7 +5,8 @@ once (each under a deadline, each body at most ``max_bytes``); ``admit()`` lets 
 ``capacity`` requests whose image header passed the checks wait in the queue, still encoded. One
 worker (one thread) drains the queue in micro-batches of at most ``batch_size`` images and
 ``batch_pixels`` pixels, decoding them as it goes, and starts a batch only while the pixels of
-decoded images not yet answered stay within ``decoded_pixels`` (one image is always let through).
+decoded images not yet answered stay within ``decoded_pixels`` (one image is always let through;
+by default four of the largest admitted images).
 A failure of the worker (out of memory, a bug) fails the requests of that batch only.
 """
 
@@ -75,8 +76,10 @@ class InferenceWorker:
         self.label_dtype = np.uint8 if num_classes <= 256 else np.uint16
         self.capacity = capacity
         self.batch_size = batch_size
-        self.batch_pixels = batch_pixels
         self.decoded_pixels = max(decoded_pixels or 4 * max_pixels, 1)
+        # a batch fits the budget (or is a single image): decoded pixels held stay within
+        # max(decoded_pixels, the largest admitted image)
+        self.batch_pixels = min(batch_pixels, self.decoded_pixels)
         self.in_flight = 0
         self.reading = 0
         self.held_pixels = 0
