@@ -115,9 +115,13 @@ def untrained_checkpoint(path: Path, size: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tiny = size == "tiny"
     options = {"width_mult": 0.125, "keep_prob": 1.0} if tiny else {"keep_prob": 1.0}
-    task = SegmentationTask(model_name="fcn8s", num_classes=2, model_options=options,
-                            input_size=[32, 96] if tiny else [160, 576],
-                            class_names=["not road", "road"])
+    task = SegmentationTask(
+        model_name="fcn8s",
+        num_classes=2,
+        model_options=options,
+        input_size=[32, 96] if tiny else [160, 576],
+        class_names=["not road", "road"],
+    )
     with torch.no_grad():
         for name in ("score_fr", "score_pool4", "score_pool3"):
             getattr(task.model, name).weight.normal_(0.0, 0.5 if tiny else 0.01)
@@ -205,13 +209,17 @@ def check_answer(
         if int(array.max()) >= num_classes:
             return f"label value {int(array.max())} out of range"
         wrong = float(((array != sample.labels) & ~loose).mean())
-        return None if wrong <= (0 if num_classes == 2 else 0.005) else (
-            f"labels differ on {wrong:.3%} of the pixels that are not near a tie"
+        return (
+            None
+            if wrong <= (0 if num_classes == 2 else 0.005)
+            else (f"labels differ on {wrong:.3%} of the pixels that are not near a tie")
         )
     differing = np.abs(array.astype(np.int16) - sample.overlay.astype(np.int16)).max(axis=2) > 1
     wrong = float((differing & ~loose).mean())
-    return None if wrong <= (0 if num_classes == 2 else 0.005) else (
-        f"overlay differs on {wrong:.3%} of the pixels that are not near a tie"
+    return (
+        None
+        if wrong <= (0 if num_classes == 2 else 0.005)
+        else (f"overlay differs on {wrong:.3%} of the pixels that are not near a tie")
     )
 
 
@@ -254,17 +262,19 @@ def run_load(
                 try:
                     if raw:
                         response = session.post(
-                            f"{url}/v1/segment", params={"format": fmt}, content=sample.png,
+                            f"{url}/v1/segment",
+                            params={"format": fmt},
+                            content=sample.png,
                             headers={"Content-Type": "image/png"},
                         )
                     else:
                         response = session.post(
-                            f"{url}/v1/segment", params={"format": fmt},
+                            f"{url}/v1/segment",
+                            params={"format": fmt},
                             files={"file": (f"scene{index}.png", sample.png, "image/png")},
                         )
                     elapsed = (time.perf_counter() - started) * 1000.0
-                    problem = check_answer(response, fmt, sample, positive, num_classes,
-                                           tolerance)
+                    problem = check_answer(response, fmt, sample, positive, num_classes, tolerance)
                 except Exception as error:  # a dropped connection is a failure to report
                     elapsed = (time.perf_counter() - started) * 1000.0
                     problem = f"{type(error).__name__}: {error}"
@@ -277,8 +287,9 @@ def run_load(
                     elif response is not None and response.status_code == 503:
                         counts["rejected"] += 1
                     else:
-                        failures.append(f"request {index} ({fmt}, {'raw' if raw else 'multipart'})"
-                                        f": {problem}")
+                        failures.append(
+                            f"request {index} ({fmt}, {'raw' if raw else 'multipart'}): {problem}"
+                        )
 
     threads = [threading.Thread(target=client, name=f"client{i}") for i in range(clients)]
     started = time.perf_counter()
@@ -290,8 +301,17 @@ def run_load(
     after = health()
     batches = after["batches"] - before["batches"]
     mean_batch = (after["images"] - before["images"]) / batches if batches else None
-    return LoadReport(requests, clients, counts["completed"], counts["ok"], counts["rejected"],
-                      failures, wall, latencies, mean_batch)
+    return LoadReport(
+        requests,
+        clients,
+        counts["completed"],
+        counts["ok"],
+        counts["rejected"],
+        failures,
+        wall,
+        latencies,
+        mean_batch,
+    )
 
 
 @dataclass
@@ -340,8 +360,9 @@ def worst_image(max_pixels: int) -> tuple[bytes, int, int]:
     return buffer.getvalue(), width, height
 
 
-def run_hostile(url: str, stop: threading.Event, slow: int, half_open: int, worst: int,
-                max_pixels: int) -> tuple[Hostile, list[threading.Thread]]:
+def run_hostile(
+    url: str, stop: threading.Event, slow: int, half_open: int, worst: int, max_pixels: int
+) -> tuple[Hostile, list[threading.Thread]]:
     """Start the hostile clients; they run until ``stop`` is set."""
     host, port = url.split("//", 1)[1].split(":")
     address = (host, int(port))
@@ -352,8 +373,10 @@ def run_hostile(url: str, stop: threading.Event, slow: int, half_open: int, wors
     def slow_body() -> None:
         while not stop.is_set():
             with socket.create_connection(address, timeout=10) as conn:
-                conn.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png"
-                             b"\r\nContent-Length: 1000000\r\n\r\n")
+                conn.sendall(
+                    b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png"
+                    b"\r\nContent-Length: 1000000\r\n\r\n"
+                )
                 conn.settimeout(1.0)
                 status = None
                 while not stop.is_set():
@@ -398,23 +421,30 @@ def run_hostile(url: str, stop: threading.Event, slow: int, half_open: int, wors
         with httpx.Client(timeout=120) as session:
             while not stop.is_set():
                 try:
-                    response = session.post(f"{url}/v1/segment", params={"format": "json"},
-                                            content=png, headers={"Content-Type": "image/png"})
+                    response = session.post(
+                        f"{url}/v1/segment",
+                        params={"format": "json"},
+                        content=png,
+                        headers={"Content-Type": "image/png"},
+                    )
                 except httpx.HTTPError as error:
                     with lock:
                         report.failures.append(f"worst image: {type(error).__name__}: {error}")
                     continue
                 with lock:
                     body = response.json() if response.status_code == 200 else {}
-                    if response.status_code == 200 and (body.get("width"), body.get(
-                            "height")) == (width, height):
+                    if response.status_code == 200 and (body.get("width"), body.get("height")) == (
+                        width,
+                        height,
+                    ):
                         report.worst_ok += 1
                     elif response.status_code == 503:
                         report.worst_503 += 1
                         time.sleep(float(response.headers.get("retry-after", "1")))
                     else:
-                        report.failures.append(f"worst image answered {response.status_code}: "
-                                               f"{response.text[:200]}")
+                        report.failures.append(
+                            f"worst image answered {response.status_code}: {response.text[:200]}"
+                        )
 
     threads = [threading.Thread(target=slow_body, daemon=True) for _ in range(slow)]
     threads += [threading.Thread(target=half_head, daemon=True) for _ in range(half_open)]
@@ -437,8 +467,9 @@ def start_server(checkpoint: Path, extra: list[str], log: Path, timeout: float =
     """``semseg serve CHECKPOINT --port 0`` in a subprocess; returns (process, url)."""
     command = [sys.executable, "-m", "semseg.cli", "serve", str(checkpoint), "--port", "0", *extra]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
-                               env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, env=env
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -450,8 +481,9 @@ def start_server(checkpoint: Path, extra: list[str], log: Path, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"semseg serve exited ({process.returncode}): "
-                               f"{log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"semseg serve exited ({process.returncode}): {log.read_text()[-2000:]}"
+            )
         try:
             line = lines.get(timeout=0.5)
         except queue.Empty:
@@ -483,8 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="An already running server (needs --checkpoint).")
     parser.add_argument("--checkpoint", type=Path, help="Default: an untrained FCN-8s.")
-    parser.add_argument("--model", choices=("tiny", "reference"), default="tiny",
-                        help="Without --checkpoint: width 1/8 at 32x96, or VGG16 at 160x576.")
+    parser.add_argument(
+        "--model",
+        choices=("tiny", "reference"),
+        default="tiny",
+        help="Without --checkpoint: width 1/8 at 32x96, or VGG16 at 160x576.",
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--height", type=int, default=375)
@@ -492,20 +528,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="Distinct test images.")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--batch-size", type=int, help="Passed to semseg serve.")
-    parser.add_argument("--backend", default="torch",
-                        help="Passed to semseg serve (default torch: fp32 eager, the reference).")
-    parser.add_argument("--quick", action="store_true",
-                        help="40 requests, 4 clients, 120x400 images, 60 s at most.")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        help="Passed to semseg serve (default torch: fp32 eager, the reference).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="40 requests, 4 clients, 120x400 images, 60 s at most."
+    )
     parser.add_argument("--json", type=Path, help="Write the summary here.")
-    parser.add_argument("--hostile", action="store_true",
-                        help="Run slow, half-open and worst-image clients beside the load.")
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="Run slow, half-open and worst-image clients beside the load.",
+    )
     parser.add_argument("--slow-clients", type=int, default=4)
     parser.add_argument("--half-open", type=int, default=2)
     parser.add_argument("--worst-clients", type=int, default=8)
-    parser.add_argument("--max-pixels", type=int, default=4_000_000,
-                        help="Passed to semseg serve; the worst image has this many pixels.")
-    parser.add_argument("--body-timeout", type=float, default=5.0,
-                        help="Passed to semseg serve with --hostile.")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4_000_000,
+        help="Passed to semseg serve; the worst image has this many pixels.",
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=5.0, help="Passed to semseg serve with --hostile."
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.clients, args.height, args.width = 40, 4, 120, 400
@@ -536,11 +584,25 @@ def main(argv: list[str] | None = None) -> int:
             hostile, stop, threads = None, threading.Event(), []
             rss_start = peak_rss_mb(process.pid)[0] if process is not None else None
             if args.hostile:
-                hostile, threads = run_hostile(url, stop, args.slow_clients, args.half_open,
-                                               args.worst_clients, args.max_pixels)
+                hostile, threads = run_hostile(
+                    url,
+                    stop,
+                    args.slow_clients,
+                    args.half_open,
+                    args.worst_clients,
+                    args.max_pixels,
+                )
             try:
-                report = run_load(url, samples, positive, num_classes, args.requests,
-                                  args.clients, args.max_seconds, tolerance)
+                report = run_load(
+                    url,
+                    samples,
+                    positive,
+                    num_classes,
+                    args.requests,
+                    args.clients,
+                    args.max_seconds,
+                    tolerance,
+                )
             finally:
                 stop.set()
                 for thread in threads:
@@ -558,12 +620,19 @@ def main(argv: list[str] | None = None) -> int:
         **report.summary(),
     }
     if rss_start is not None and rss_end is not None:
-        summary["server_rss_mb"] = {"start": round(rss_start), "end": round(rss_end[0]),
-                                    "peak": round(rss_end[1])}
+        summary["server_rss_mb"] = {
+            "start": round(rss_start),
+            "end": round(rss_end[0]),
+            "peak": round(rss_end[1]),
+        }
     if hostile is not None:
-        summary["hostile"] = {"slow_clients": args.slow_clients, "half_open": args.half_open,
-                              "worst_clients": args.worst_clients,
-                              "worst_image_pixels": args.max_pixels, **hostile.summary()}
+        summary["hostile"] = {
+            "slow_clients": args.slow_clients,
+            "half_open": args.half_open,
+            "worst_clients": args.worst_clients,
+            "worst_image_pixels": args.max_pixels,
+            **hostile.summary(),
+        }
         for failure in hostile.failures[:20]:
             print("FAILED (hostile)", failure, file=sys.stderr)
     print(json.dumps(summary, indent=2))

@@ -38,8 +38,13 @@ with warnings.catch_warnings():  # newer Starlette warns that its test client pr
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
 ]
 FORMATS = ("overlay", "prob", "label", "json")
 
@@ -47,9 +52,13 @@ FORMATS = ("overlay", "prob", "label", "json")
 def save_task_checkpoint(path: Path, num_classes: int = 2, seed: int = 0) -> Path:
     """A tiny untrained FCN-8s; random class-score weights so that its masks are not empty."""
     torch.manual_seed(seed)
-    task = SegmentationTask(model_name="fcn8s", num_classes=num_classes,
-                            model_options={"width_mult": 0.125, "keep_prob": 1.0},
-                            input_size=[32, 96], class_names=["not road", "road"])
+    task = SegmentationTask(
+        model_name="fcn8s",
+        num_classes=num_classes,
+        model_options={"width_mult": 0.125, "keep_prob": 1.0},
+        input_size=[32, 96],
+        class_names=["not road", "road"],
+    )
     with torch.no_grad():
         for name in ("score_fr", "score_pool4", "score_pool3"):
             getattr(task.model, name).weight.normal_(0.0, 0.5)
@@ -93,10 +102,12 @@ def client(loaded: LoadedModel):
 def post_image(client, data: bytes, fmt: str = "overlay", multipart: bool = True, **params):
     params = {"format": fmt, **params}
     if multipart:
-        return client.post("/v1/segment", params=params,
-                           files={"file": ("scene.png", data, "image/png")})
-    return client.post("/v1/segment", params=params, content=data,
-                       headers={"Content-Type": "image/png"})
+        return client.post(
+            "/v1/segment", params=params, files={"file": ("scene.png", data, "image/png")}
+        )
+    return client.post(
+        "/v1/segment", params=params, content=data, headers={"Content-Type": "image/png"}
+    )
 
 
 def assert_json_error(response, status: int, *fragments: str) -> None:
@@ -164,12 +175,16 @@ def test_answers_match_the_model_and_each_other(client, loaded, scene):
 def test_other_image_kinds_are_accepted(client, scene):
     grey = np.ascontiguousarray(scene[:, :, 1])
     rgba = np.dstack([scene, np.full(scene.shape[:2], 200, np.uint8)])
-    for data, kind in ((encode(scene, "JPEG", quality=90), "image/jpeg"),
-                       (encode(grey), "image/png"), (encode(rgba), "image/png"),
-                       (encode(scene, "BMP"), "image/bmp"),
-                       (encode(scene), "application/octet-stream")):
-        response = client.post("/v1/segment", params={"format": "json"}, content=data,
-                               headers={"Content-Type": kind})
+    for data, kind in (
+        (encode(scene, "JPEG", quality=90), "image/jpeg"),
+        (encode(grey), "image/png"),
+        (encode(rgba), "image/png"),
+        (encode(scene, "BMP"), "image/bmp"),
+        (encode(scene), "application/octet-stream"),
+    ):
+        response = client.post(
+            "/v1/segment", params={"format": "json"}, content=data, headers={"Content-Type": kind}
+        )
         assert response.status_code == 200, (kind, response.text)
         assert (response.json()["width"], response.json()["height"]) == (200, 60)
 
@@ -206,8 +221,14 @@ def test_page_is_self_contained(client):
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
     assert "http://" not in page and "https://" not in page and "//cdn" not in page
-    for fragment in ('type="file"', 'id="opacity"', 'type="range"', "<canvas",
-                     'id="road-fraction"', "v1/segment?format=label"):
+    for fragment in (
+        'type="file"',
+        'id="opacity"',
+        'type="range"',
+        "<canvas",
+        'id="road-fraction"',
+        "v1/segment?format=label",
+    ):
         assert fragment in page, fragment
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
@@ -220,34 +241,80 @@ def test_bad_requests_get_a_4xx_json_error(client, scene):
     data = encode(scene)
     url = "/v1/segment"
     cases = [
-        (client.post(url, content=b"hello", headers={"Content-Type": "text/plain"}), 415,
-         "text/plain"),
-        (client.post(url, content=b'{"a": 1}', headers={"Content-Type": "application/json"}),
-         415, "application/json"),
+        (
+            client.post(url, content=b"hello", headers={"Content-Type": "text/plain"}),
+            415,
+            "text/plain",
+        ),
+        (
+            client.post(url, content=b'{"a": 1}', headers={"Content-Type": "application/json"}),
+            415,
+            "application/json",
+        ),
         (client.post(url, content=data), 415, "Content-Type"),
         (client.post(url, content=b"", headers={"Content-Type": "image/png"}), 400, "empty"),
-        (client.post(url, content=data[:120], headers={"Content-Type": "image/png"}), 400,
-         "cannot decode"),
-        (client.post(url, content=b"\x89PNG\r\n\x1a\n" + bytes(64),
-                     headers={"Content-Type": "image/png"}), 400, "cannot decode"),
-        (client.post(url, content=b"GIF89a" + bytes(40), headers={"Content-Type": "image/gif"}),
-         415, "image/gif"),
+        (
+            client.post(url, content=data[:120], headers={"Content-Type": "image/png"}),
+            400,
+            "cannot decode",
+        ),
+        (
+            client.post(
+                url, content=b"\x89PNG\r\n\x1a\n" + bytes(64), headers={"Content-Type": "image/png"}
+            ),
+            400,
+            "cannot decode",
+        ),
+        (
+            client.post(url, content=b"GIF89a" + bytes(40), headers={"Content-Type": "image/gif"}),
+            415,
+            "image/gif",
+        ),
         (client.post(url, files={"image": ("scene.png", data, "image/png")}), 422, "'file'"),
-        (client.post(url, files={"other": ("x.txt", b"x", "text/plain")},
-                     data={"file": "not a file"}), 422, "'file'"),
-        (client.post(url, files={"file": ("notes.txt", b"hello", "text/plain")}), 415,
-         "text/plain"),
+        (
+            client.post(
+                url, files={"other": ("x.txt", b"x", "text/plain")}, data={"file": "not a file"}
+            ),
+            422,
+            "'file'",
+        ),
+        (
+            client.post(url, files={"file": ("notes.txt", b"hello", "text/plain")}),
+            415,
+            "text/plain",
+        ),
         (client.post(url, files={"file": ("scene.png", b"", "image/png")}), 400, "empty"),
-        (client.post(url, files={"file": ("scene.png", data[:200], "image/png")}), 400,
-         "cannot decode"),
-        (client.post(url, content=b"", headers={"Content-Type": "multipart/form-data; boundary=x"}),
-         400, "empty"),
-        (client.post(url, content=b"junk", headers={"Content-Type": "multipart/form-data"}), 400,
-         "multipart"),
-        (client.post(url, params={"format": "gif"}, content=data,
-                     headers={"Content-Type": "image/png"}), 422, "format"),
-        (client.post(url, params={"alpha": "2"}, content=data,
-                     headers={"Content-Type": "image/png"}), 422, "alpha"),
+        (
+            client.post(url, files={"file": ("scene.png", data[:200], "image/png")}),
+            400,
+            "cannot decode",
+        ),
+        (
+            client.post(
+                url, content=b"", headers={"Content-Type": "multipart/form-data; boundary=x"}
+            ),
+            400,
+            "empty",
+        ),
+        (
+            client.post(url, content=b"junk", headers={"Content-Type": "multipart/form-data"}),
+            400,
+            "multipart",
+        ),
+        (
+            client.post(
+                url, params={"format": "gif"}, content=data, headers={"Content-Type": "image/png"}
+            ),
+            422,
+            "format",
+        ),
+        (
+            client.post(
+                url, params={"alpha": "2"}, content=data, headers={"Content-Type": "image/png"}
+            ),
+            422,
+            "alpha",
+        ),
         (client.get(url), 405, ""),
         (client.get("/v2/nothing"), 404, ""),
     ]
@@ -273,8 +340,10 @@ def test_size_limits(loaded, scene):
         assert post_image(small, tiny, "json").status_code == 200
     with TestClient(create_app(loaded, backend="torch", max_side=150, warmup=False)) as narrow:
         assert_json_error(post_image(narrow, data), 413, "200x60", "150")
-        assert post_image(narrow, encode(np.ascontiguousarray(scene[:, :150])), "json").json()[
-            "width"] == 150
+        assert (
+            post_image(narrow, encode(np.ascontiguousarray(scene[:, :150])), "json").json()["width"]
+            == 150
+        )
 
 
 def test_busy_server_answers_503_with_retry_after(loaded, scene):
@@ -406,8 +475,12 @@ def test_concurrent_clients_are_queued_or_refused(live_server, scene):
     def hammer() -> None:
         with httpx.Client(timeout=60) as session:
             for _ in range(3):
-                response = session.post(f"{url}/v1/segment", params={"format": "label"},
-                                        content=data, headers={"Content-Type": "image/png"})
+                response = session.post(
+                    f"{url}/v1/segment",
+                    params={"format": "label"},
+                    content=data,
+                    headers={"Content-Type": "image/png"},
+                )
                 if response.status_code == 503:
                     assert response.headers["retry-after"] == "1"
                     assert "busy" in response.json()["error"]
@@ -445,18 +518,30 @@ def test_page_in_headless_chromium(chromium, live_server, scene, tmp_path):
     picture.write_bytes(encode(scene))
     import httpx
 
-    expected = httpx.post(f"{url}/v1/segment", params={"format": "json"},
-                          content=picture.read_bytes(), headers={"Content-Type": "image/png"})
-    labels = np.asarray(decode(httpx.post(
-        f"{url}/v1/segment", params={"format": "label"}, content=picture.read_bytes(),
-        headers={"Content-Type": "image/png"}).content))
+    expected = httpx.post(
+        f"{url}/v1/segment",
+        params={"format": "json"},
+        content=picture.read_bytes(),
+        headers={"Content-Type": "image/png"},
+    )
+    labels = np.asarray(
+        decode(
+            httpx.post(
+                f"{url}/v1/segment",
+                params={"format": "label"},
+                content=picture.read_bytes(),
+                headers={"Content-Type": "image/png"},
+            ).content
+        )
+    )
     road = labels == 1
     fraction = expected.json()["road_fraction"]
     external: list[str] = []
     console: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), headless=True,
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page()
             page.on("request", lambda r: None if r.url.startswith(url) else external.append(r.url))
@@ -481,8 +566,9 @@ def test_page_in_headless_chromium(chromium, live_server, scene, tmp_path):
             assert drawn.shape[:2] == scene.shape[:2]
             half = overlay(scene, road).astype(np.int16)
             assert np.abs(drawn - half).max() <= 2  # the page's composite is the 0.5 overlay
-            page.eval_on_selector("#opacity", "e => { e.value = '100';"
-                                              " e.dispatchEvent(new Event('input')); }")
+            page.eval_on_selector(
+                "#opacity", "e => { e.value = '100'; e.dispatchEvent(new Event('input')); }"
+            )
             full = canvas()
             assert (np.abs(full[road] - [0, 255, 0]) <= 1).all()
             assert np.abs(full[~road] - scene[~road]).max() <= 1
@@ -501,8 +587,9 @@ def test_page_in_headless_chromium(chromium, live_server, scene, tmp_path):
 def test_quick_load(checkpoint, tmp_path):
     serve_load = load_benchmark("serve_load")
     out = tmp_path / "load.json"
-    code = serve_load.main(["--quick", "--checkpoint", str(checkpoint), "--backend", "torch",
-                            "--json", str(out)])
+    code = serve_load.main(
+        ["--quick", "--checkpoint", str(checkpoint), "--backend", "torch", "--json", str(out)]
+    )
     summary = json.loads(out.read_text())
     assert code == 0, summary
     assert summary["requests"] == 40 and summary["clients"] == 4
@@ -577,26 +664,39 @@ def test_slow_bodies_time_out_and_do_not_lock_the_service(loaded, scene):
         slow = []
         for _ in range(2):
             conn = raw_connection(port)
-            conn.sendall(b"POST /v1/segment?format=json HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + data[:50])
+            conn.sendall(
+                b"POST /v1/segment?format=json HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + data[:50]
+            )
             slow.append(conn)
         deadline = time.monotonic() + 5
         while health(port)["reading"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         state = health(port)
         assert state["reading"] == 2 and state["status"] == "ok"
-        normal = httpx.post(f"http://127.0.0.1:{port}/v1/segment", params={"format": "json"},
-                            content=data, headers={"Content-Type": "image/png"}, timeout=30)
+        normal = httpx.post(
+            f"http://127.0.0.1:{port}/v1/segment",
+            params={"format": "json"},
+            content=data,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
         assert normal.status_code == 200, normal.text  # the slow ones do not block the rest
         third = raw_connection(port)  # every read slot held: degraded, and the next is a 503
-        third.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                      b"Content-Length: 100000\r\n\r\n" + data[:50])
+        third.sendall(
+            b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n" + data[:50]
+        )
         deadline = time.monotonic() + 5
         while health(port)["reading"] < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert health(port)["status"] == "degraded"
-        refused = httpx.post(f"http://127.0.0.1:{port}/v1/segment", content=data,
-                             headers={"Content-Type": "image/png"}, timeout=30)
+        refused = httpx.post(
+            f"http://127.0.0.1:{port}/v1/segment",
+            content=data,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
         assert_json_error(refused, 503, "busy")
         for conn in [*slow, third]:
             assert "did not arrive within 2 s" in json_error_of(read_until_closed(conn), 408)
@@ -649,11 +749,13 @@ def test_megapixel_limit_is_read_from_the_header(loaded, monkeypatch):
         monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
         assert_json_error(post_image(client, big, "json"), 413, "4200000 pixels", "4000000")
         monkeypatch.undo()
-        assert post_image(client, encode(np.zeros((60, 200, 3), np.uint8)), "json").status_code \
-            == 200
+        assert (
+            post_image(client, encode(np.zeros((60, 200, 3), np.uint8)), "json").status_code == 200
+        )
     with TestClient(create_app(loaded, backend="torch", max_pixels=10_000, warmup=False)) as small:
-        assert_json_error(post_image(small, encode(np.zeros((60, 200, 3), np.uint8))), 413,
-                          "12000 pixels")
+        assert_json_error(
+            post_image(small, encode(np.zeros((60, 200, 3), np.uint8))), 413, "12000 pixels"
+        )
 
 
 def test_decoded_pixels_in_flight_stay_within_the_budget(loaded, scene):
@@ -661,8 +763,7 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(loaded, scene):
     yet answered fit the budget (here one 200 x 60 image)."""
     import asyncio
 
-    app = create_app(loaded, backend="torch", max_queue=8, decoded_pixels=200 * 60,
-                     warmup=False)
+    app = create_app(loaded, backend="torch", max_queue=8, decoded_pixels=200 * 60, warmup=False)
     worker = app.state.service.worker
     data = encode(scene)
     peaks = []
@@ -692,8 +793,7 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(loaded, scene):
 
 
 @pytest.mark.parametrize("where", ["decoding", "inference", "worker loop"])
-def test_out_of_memory_is_a_503_and_the_service_stays_healthy(loaded, scene, monkeypatch,
-                                                              where):
+def test_out_of_memory_is_a_503_and_the_service_stays_healthy(loaded, scene, monkeypatch, where):
     """A MemoryError was answered 500, then 400 "MemoryError", then nothing answered at all."""
     import semseg.serve.codecs as codecs
 
@@ -713,8 +813,9 @@ def test_out_of_memory_is_a_503_and_the_service_stays_healthy(loaded, scene, mon
     if where == "decoding":
         monkeypatch.setattr(codecs, "to_rgb_array", fail_once(codecs.to_rgb_array))
     elif where == "inference":
-        monkeypatch.setattr(worker.predictor, "predict_batch",
-                            fail_once(worker.predictor.predict_batch))
+        monkeypatch.setattr(
+            worker.predictor, "predict_batch", fail_once(worker.predictor.predict_batch)
+        )
     else:
         original = worker._serve_batch
 
@@ -738,20 +839,24 @@ def test_out_of_memory_is_a_503_and_the_service_stays_healthy(loaded, scene, mon
 
 def test_small_http_points(client, scene):
     # no object addresses in error texts
-    response = client.post("/v1/segment", content=b"not an image at all",
-                           headers={"Content-Type": "image/png"})
+    response = client.post(
+        "/v1/segment", content=b"not an image at all", headers={"Content-Type": "image/png"}
+    )
     assert_json_error(response, 400, "cannot decode")
     assert "0x" not in response.json()["error"] and "BytesIO" not in response.json()["error"]
     # a truncated multipart upload is a 400, as documented
     boundary = "semsegboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"scene.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="scene.png"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
     body += encode(scene) + f"\r\n--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     assert client.post("/v1/segment", content=body, headers=headers).status_code == 200
     for cut in (len(body) - 8, len(body) // 2, 120):
-        assert_json_error(client.post("/v1/segment", content=body[:cut], headers=headers), 400,
-                          "multipart")
+        assert_json_error(
+            client.post("/v1/segment", content=body[:cut], headers=headers), 400, "multipart"
+        )
     # HEAD /healthz
     head = client.head("/healthz")
     assert head.status_code == 200 and head.content == b""

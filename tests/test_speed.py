@@ -165,8 +165,9 @@ def compile_unsupported() -> str:
     backend needs a C++ compiler and is not supported on Windows. Any other failure is a bug."""
     if sys.platform == "win32":
         return "torch.compile's inductor does not support Windows"
-    if not any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++")
-               if name):
+    if not any(
+        shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name
+    ):
         return "torch.compile's inductor needs a C++ compiler (none on PATH)"
     return ""
 
@@ -253,8 +254,7 @@ def read_labels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "label").glob("*.png"))}
 
 
-def test_cli_export_and_predict_backends_agree(checkpoint: Path, images: Path, workdir: Path,
-                                               cli):
+def test_cli_export_and_predict_backends_agree(checkpoint: Path, images: Path, workdir: Path, cli):
     onnx_file = workdir / "cli" / "model.onnx"
     result = cli("export", str(checkpoint), "--format", "onnx", "--out", str(onnx_file))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -285,14 +285,17 @@ def test_cli_export_and_predict_backends_agree(checkpoint: Path, images: Path, w
             assert changed <= (0.02 if "bf16" in outputs[name][1] else 0.0), (name, changed)
 
 
-def test_cli_export_errors_are_one_line(checkpoint: Path, exported: Path, images: Path,
-                                       workdir: Path, cli):
+def test_cli_export_errors_are_one_line(
+    checkpoint: Path, exported: Path, images: Path, workdir: Path, cli
+):
     cases = [
         (("export", str(workdir / "missing.ckpt")), "checkpoint not found"),
         (("export", str(checkpoint), "--format", "tflite"), "--format must be one of onnx"),
         (("export", str(checkpoint), "--opset", "7"), "--opset must be between"),
-        (("predict", str(checkpoint), str(images), "--backend", "tensorrt"),
-         "Invalid value for '--backend'"),
+        (
+            ("predict", str(checkpoint), str(images), "--backend", "tensorrt"),
+            "Invalid value for '--backend'",
+        ),
         (("predict", str(exported), str(images), "--backend", "torch"), "is an ONNX model"),
     ]
     for args, fragment in cases:
@@ -315,9 +318,18 @@ def test_cli_export_errors_are_one_line(checkpoint: Path, exported: Path, images
 def test_bench_quick_runs_end_to_end(workdir: Path):
     out = workdir / "bench" / "speed.md"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--out", str(out),
-         "--json", str(workdir / "bench" / "speed.json")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--json",
+            str(workdir / "bench" / "speed.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -341,8 +353,12 @@ def test_bf16_training_runs_channels_last_on_the_cpu():
     from semseg.training import ChannelsLast
 
     def conv_weight(precision: str, setting: bool | None) -> torch.Tensor:
-        task = SegmentationTask(model_name="fcn8s", num_classes=2,
-                                model_options={"width_mult": 0.125}, input_size=[32, 96])
+        task = SegmentationTask(
+            model_name="fcn8s",
+            num_classes=2,
+            model_options={"width_mult": 0.125},
+            input_size=[32, 96],
+        )
         ChannelsLast(setting).on_fit_start(SimpleNamespace(precision=precision), task)
         return next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d)).weight
 
@@ -389,8 +405,15 @@ def test_checkpoint_metadata_is_bounded_before_allocation(
     forged = forged_checkpoint(checkpoint, workdir / f"forged-{len(fragment)}.ckpt", **changes)
     with pytest.raises(SemsegError, match=fragment):
         load_model(forged)
-    result = cli("predict", str(forged), str(images), "--out", str(workdir / "forged-out"),
-                 "--backend", "torch")
+    result = cli(
+        "predict",
+        str(forged),
+        str(images),
+        "--out",
+        str(workdir / "forged-out"),
+        "--backend",
+        "torch",
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("semseg: error:") and fragment in lines[0]
@@ -406,15 +429,15 @@ def with_metadata(source: Path, path: Path, **values: str) -> Path:
     return path
 
 
-def test_onnx_metadata_and_signature_are_checked(exported: Path, images: Path, workdir: Path,
-                                                 cli):
+def test_onnx_metadata_and_signature_are_checked(exported: Path, images: Path, workdir: Path, cli):
     """An ONNX file whose output channels differ from its classes wrote garbage with exit 0."""
     from semseg.errors import SemsegError
 
     dims = onnx.load(str(exported)).graph.output[0].type.tensor_type.shape.dim
     assert dims[1].dim_value == 2  # the export declares its class channels
-    wrong = with_metadata(exported, workdir / "wrong-classes.onnx", num_classes="3",
-                          class_names='["a", "b", "c"]')
+    wrong = with_metadata(
+        exported, workdir / "wrong-classes.onnx", num_classes="3", class_names='["a", "b", "c"]'
+    )
     with pytest.raises(SemsegError, match="2 output channels but the model has 3 classes"):
         Predictor(load_onnx_model(wrong), backend="onnxruntime")
     result = cli("predict", str(wrong), str(images), "--out", str(workdir / "wrong-out"))

@@ -16,10 +16,10 @@ import numpy as np
 
 from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
-from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor, confidence_levels
+from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.visualize import overlay
 from semseg.io import IMAGE_SUFFIXES, list_images, read_rgb, write_png_atomic
 

@@ -32,6 +32,8 @@ class Backend(StrEnum):
 
 
 BACKEND_NAMES = tuple(b.value for b in Backend)
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to run a model: the backend flags of ``semseg predict``, ``evaluate`` and ``serve``.

@@ -134,10 +134,15 @@ def create_app(
     announce: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The service for a checkpoint (path) or an already loaded model; loads the model now."""
-    for name, value in (("max_bytes", max_bytes), ("max_side", max_side),
-                        ("max_queue", max_queue), ("batch_size", batch_size),
-                        ("batch_pixels", batch_pixels), ("max_pixels", max_pixels),
-                        ("decoded_pixels", decoded_pixels or 1)):
+    for name, value in (
+        ("max_bytes", max_bytes),
+        ("max_side", max_side),
+        ("max_queue", max_queue),
+        ("batch_size", batch_size),
+        ("batch_pixels", batch_pixels),
+        ("max_pixels", max_pixels),
+        ("decoded_pixels", decoded_pixels or 1),
+    ):
         if int(value) < 1:
             raise SemsegError(f"{name} must be at least 1, got {value}")
     if not body_timeout > 0:
@@ -145,8 +150,10 @@ def create_app(
     options = backend if isinstance(backend, BackendOptions) else BackendOptions(backend)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     if options.backend == "auto" and announce is not None:
-        announce("--backend auto: timing the inference backends on this model (once per "
-                 "machine and checkpoint; then cached)")
+        announce(
+            "--backend auto: timing the inference backends on this model (once per "
+            "machine and checkpoint; then cached)"
+        )
     try:
         engine, _ = choose_backend(loaded, options, batch_size=batch_size, announce=announce)
     except SemsegError:
@@ -176,13 +183,37 @@ def create_app(
         backend_detail=engine.describe(),
         checkpoint=CheckpointInfo(file=loaded.path.name, bytes=size, sha256=sha256),
         formats=[f.value for f in OutputFormat],
-        limits=Limits(max_bytes=max_bytes, max_side=max_side, max_pixels=max_pixels,
-                      max_queue=max_queue, batch_size=batch_size, body_timeout_s=body_timeout),
+        limits=Limits(
+            max_bytes=max_bytes,
+            max_side=max_side,
+            max_pixels=max_pixels,
+            max_queue=max_queue,
+            batch_size=batch_size,
+            body_timeout_s=body_timeout,
+        ),
     )
-    worker = InferenceWorker(predictor, positive, loaded.num_classes, max_queue, batch_size,
-                             batch_pixels, max_side, max_pixels, decoded_pixels)
-    service = Service(loaded, worker, engine.name, info, class_names, max_bytes, max_side,
-                      max_pixels, body_timeout)
+    worker = InferenceWorker(
+        predictor,
+        positive,
+        loaded.num_classes,
+        max_queue,
+        batch_size,
+        batch_pixels,
+        max_side,
+        max_pixels,
+        decoded_pixels,
+    )
+    service = Service(
+        loaded,
+        worker,
+        engine.name,
+        info,
+        class_names,
+        max_bytes,
+        max_side,
+        max_pixels,
+        body_timeout,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -297,9 +328,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         """Segment one image (multipart field ``file``, or the raw body with an image type)."""
         started = time.perf_counter()
         data = await read_request(request, service)
-        pixels = await run_in_threadpool(
-            probe_image, data, service.max_side, service.max_pixels
-        )
+        pixels = await run_in_threadpool(probe_image, data, service.max_side, service.max_pixels)
         if not worker.admit():
             raise busy(worker.capacity, "are in flight")
         result: Prediction | None = None
@@ -452,19 +481,30 @@ def run_server(
         backend = BackendOptions(backend)  # a bad flag fails before anything else
     sock = listen_socket(host, port)  # an address in use fails before the model loads
     try:
-        app = create_app(checkpoint, backend=backend, max_bytes=max_bytes, max_side=max_side,
-                         max_queue=max_queue, batch_size=batch_size, max_pixels=max_pixels,
-                         body_timeout=body_timeout, announce=announce)
+        app = create_app(
+            checkpoint,
+            backend=backend,
+            max_bytes=max_bytes,
+            max_side=max_side,
+            max_queue=max_queue,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            body_timeout=body_timeout,
+            announce=announce,
+        )
     except BaseException:
         sock.close()
         raise
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     info: ModelInfo = app.state.service.info
-    announce(f"serving {info.name} ({info.checkpoint.file}, {info.backend_detail}) on "
-             f"http://{shown}:{bound_port}/ (API docs at /docs)")
-    config = server_config(app, header_timeout=header_timeout, keep_alive=keep_alive,
-                           log_level=log_level)
+    announce(
+        f"serving {info.name} ({info.checkpoint.file}, {info.backend_detail}) on "
+        f"http://{shown}:{bound_port}/ (API docs at /docs)"
+    )
+    config = server_config(
+        app, header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

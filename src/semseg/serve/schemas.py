@@ -102,12 +102,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "Empty body, undecodable image or malformed (or truncated) multipart upload"),
         (408, "The request body did not arrive within body_timeout seconds"),
-        (413, "Request body over max_bytes, an image side over max_side, or an image over "
-              "max_pixels"),
+        (
+            413,
+            "Request body over max_bytes, an image side over max_side, or an image over max_pixels",
+        ),
         (415, "Content type that is not an image (or multipart)"),
         (422, "Multipart upload without a 'file' part, or a bad query parameter"),
-        (503, "Too many requests in flight, or the server ran out of memory; retry after the "
-              "Retry-After seconds"),
+        (
+            503,
+            "Too many requests in flight, or the server ran out of memory; retry after the "
+            "Retry-After seconds",
+        ),
     )
 }
 
@@ -129,9 +134,18 @@ SEGMENT_BODY = {
                     "properties": {"file": {"type": "string", "format": "binary"}},
                 }
             },
-            **{kind: BINARY for kind in ("image/png", "image/jpeg", "image/bmp", "image/tiff",
-                                         "image/webp", "image/x-portable-pixmap",
-                                         "application/octet-stream")},
+            **{
+                kind: BINARY
+                for kind in (
+                    "image/png",
+                    "image/jpeg",
+                    "image/bmp",
+                    "image/tiff",
+                    "image/webp",
+                    "image/x-portable-pixmap",
+                    "application/octet-stream",
+                )
+            },
         },
     }
 }
