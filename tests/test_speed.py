@@ -392,8 +392,9 @@ def forged_checkpoint(source: Path, path: Path, **changes) -> Path:
         ({"num_classes": 10**6}, "num_classes 1000000 is outside"),
         ({"model_options": {"width_mult": 64.0, "keep_prob": 1.0}}, "ask for"),
         ({"nan_weight": True}, "NaN or infinite"),
+        ({"positive_class": 7}, "positive_class 7 is outside 0..1"),
     ],
-    ids=["huge input", "empty input", "classes", "width", "nan"],
+    ids=["huge input", "empty input", "classes", "width", "nan", "positive class"],
 )
 def test_checkpoint_metadata_is_bounded_before_allocation(
     checkpoint: Path, images: Path, workdir: Path, cli, changes, fragment

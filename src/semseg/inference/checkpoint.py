@@ -59,6 +59,17 @@ def check_model_description(
     return classes, (height, width)
 
 
+def check_positive_class(path: str | Path, positive: object, num_classes: int) -> int:
+    """The index of the road (positive) class, which must be one of the model's classes."""
+    try:
+        index = int(positive)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise SemsegError(f"{path}: positive_class {positive!r} is not a class index") from None
+    if not 0 <= index < num_classes:
+        raise SemsegError(f"{path}: positive_class {index} is outside 0..{num_classes - 1}")
+    return index
+
+
 def check_model_size(
     path: Path, model_name: str, num_classes: int, options: dict, state: dict[str, Any]
 ) -> None:
@@ -163,7 +174,7 @@ def load_model(
         model_name=model_name,
         num_classes=num_classes,
         input_size=(height, width),
-        positive_class=int(hparams.get("positive_class", 1)),
+        positive_class=check_positive_class(path, hparams.get("positive_class", 1), num_classes),
         class_names=names,
         path=Path(path),
     )

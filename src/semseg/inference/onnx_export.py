@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel, check_model_description, file_sha256
+from semseg.inference.checkpoint import (
+    LoadedModel,
+    check_model_description,
+    check_positive_class,
+    file_sha256,
+)
 from semseg.inference.runtimes import OnnxRuntimeBackend
 from semseg.io import first_line
 from semseg.models.base import SegmentationModel
@@ -250,7 +255,7 @@ def load_onnx_model(path: str | Path) -> LoadedModel:
             model_name=meta.get("model_name", "onnx"),
             num_classes=num_classes,
             input_size=(height, width),
-            positive_class=int(meta.get("positive_class", 1)),
+            positive_class=check_positive_class(path, meta.get("positive_class", 1), num_classes),
             class_names=names or [f"class{i}" for i in range(num_classes)],
             path=Path(path),
         )
