@@ -860,3 +860,50 @@ def test_small_http_points(client, scene):
     # HEAD /healthz
     head = client.head("/healthz")
     assert head.status_code == 200 and head.content == b""
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+def test_a_real_address_space_limit_leaves_the_service_healthy(checkpoint, tmp_path):
+    """Under an address-space limit, a request too large for the memory left is answered 503 (or
+    500) as JSON, frees what it took, and the service keeps answering, /healthz included."""
+    import resource
+
+    import httpx
+
+    serve_load = load_benchmark("serve_load")
+    process, url = serve_load.start_server(
+        checkpoint,
+        ["--backend", "torch", "--max-pixels", "70000000", "--max-side", "16384"],
+        tmp_path / "server.log",
+    )
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        size_kb = int(next(line for line in status if line.startswith("VmSize:")).split()[1])
+        limit = size_kb * 1024 + 800 * 2**20  # 800 MB more: the 64 MP image below needs more
+        resource.prlimit(process.pid, resource.RLIMIT_AS, (limit, limit))
+        big = encode(np.zeros((8000, 8000, 3), np.uint8))
+        small = encode(np.zeros((60, 200, 3), np.uint8))
+        for _ in range(2):
+            refused = httpx.post(
+                f"{url}/v1/segment",
+                params={"format": "json"},
+                content=big,
+                headers={"Content-Type": "image/png"},
+                timeout=120,
+            )
+            assert refused.status_code in (500, 503), refused.text
+            assert_json_error(refused, refused.status_code, "memory")
+            answered = httpx.post(
+                f"{url}/v1/segment",
+                params={"format": "json"},
+                content=small,
+                headers={"Content-Type": "image/png"},
+                timeout=60,
+            )
+            assert answered.status_code == 200, answered.text
+            health = httpx.get(f"{url}/healthz", timeout=10).json()
+            assert health["status"] == "ok" and health["in_flight"] == 0
+            assert health["decoded_pixels"] == 0
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

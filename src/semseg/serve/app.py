@@ -63,6 +63,7 @@ from semseg.inference.visualize import overlay
 from semseg.io import first_line
 from semseg.serve.codecs import (
     DEFAULT_MAX_PIXELS,
+    is_out_of_memory,
     out_of_memory,
     png_bytes,
     probe_image,
@@ -342,17 +343,17 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 )
         except ApiError:
             raise
-        except MemoryError:
-            result = None
-            gc.collect()
-            raise out_of_memory("answering") from None
-        except Exception as error:  # the server's fault (a bug): still JSON
-            LOG.exception("segmentation failed")
+        except Exception as error:
+            if is_out_of_memory(error):  # the server's fault, worth retrying
+                gc.collect()
+                raise out_of_memory("answering") from None
+            LOG.exception("segmentation failed")  # a bug: still JSON
             raise ApiError(500, f"segmentation failed: {first_line(error)}") from error
         finally:
             worker.release()
             if result is not None:
-                await worker.release_pixels(result.pixels)
+                held, result = result.pixels, None  # the decoded image can go now
+                await worker.release_pixels(held)
 
 
 def busy(capacity: int, what: str) -> ApiError:

@@ -50,6 +50,13 @@ def client_message(error: BaseException) -> str:
     return HEAP_ADDRESS.sub("the upload", first_line(error))
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, or torch's CPU allocator failing (a RuntimeError)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
 def out_of_memory(what: str) -> ApiError:
     """The answer when the server runs out of memory: its fault, worth retrying (503)."""
     return ApiError(503, f"out of memory while {what}; retry later", headers={"Retry-After": "5"})

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from semseg.inference.predictor import Predictor, confidence_levels
-from semseg.serve.codecs import DEFAULT_MAX_PIXELS, decode_image, out_of_memory
+from semseg.serve.codecs import (
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    is_out_of_memory,
+    out_of_memory,
+)
 from semseg.serve.schemas import ApiError
 
 LOG = logging.getLogger("semseg.serve")
@@ -201,9 +206,13 @@ class InferenceWorker:
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # never let the worker die: fail this batch only
-                LOG.exception("the inference worker failed a batch")
                 self.failures += 1
-                failure = out_of_memory("segmenting") if isinstance(error, MemoryError) else error
+                if is_out_of_memory(error):
+                    LOG.error("out of memory in a batch of %d images", len(jobs))
+                    failure: BaseException = out_of_memory("segmenting")
+                else:
+                    LOG.exception("the inference worker failed a batch")
+                    failure = error
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(failure)
