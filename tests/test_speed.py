@@ -470,3 +470,40 @@ def test_cached_onnx_export_is_verified_and_rebuilt(checkpoint: Path, exported: 
     expected = probabilities(TorchBackend(loaded.model), image)
     got = probabilities(OnnxRuntimeBackend(path), image)
     assert float((got - expected).abs().max()) < TOLERANCE["onnxruntime"]
+
+
+def test_evaluate_and_predict_share_one_set_of_inference_options(cli):
+    """The 13 CRF and backend options are declared once and given to both commands."""
+    import typer
+
+    from semseg import cli as cli_module
+
+    commands = typer.main.get_command(cli_module.app).commands
+    shared = (
+        "--crf",
+        "--backend",
+        "--precision",
+        "--channels-last",
+        "--compile",
+        "--threads",
+        "--recalibrate",
+    )
+    flags = {
+        name: {
+            flag
+            for param in commands[name].params
+            for flag in getattr(param, "opts", [])
+            if flag.startswith(shared)
+        }
+        for name in ("evaluate", "predict")
+    }
+    assert flags["evaluate"] == flags["predict"]
+    assert len(flags["predict"]) == 13, sorted(flags["predict"])
+    for command, args in (("evaluate", ("x.ckpt", "--data", "d")), ("predict", ("x.ckpt", "y"))):
+        for bad, fragment in (
+            (("--precision", "fp8"), "'--precision'"),
+            (("--backend", "tensorrt"), "'--backend'"),
+        ):
+            result = cli(command, *args, *bad)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], lines

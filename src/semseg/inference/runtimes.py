@@ -14,7 +14,7 @@ logits (:meth:`InferenceBackend.logits`):
 * :class:`OnnxRuntimeBackend` ``(path, threads)``: an ONNX file run by ONNX Runtime's CPU
   execution provider, fp32.
 
-Which runtime runs is chosen in :mod:`semseg.inference.autotune`. Imports only
+Which runtime runs is chosen in :mod:`semseg.inference.autotune`. Imports only ``options``,
 :mod:`semseg.inference.machine`, :mod:`semseg.errors` and :mod:`semseg.io`.
 """
 
