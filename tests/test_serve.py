@@ -1,5 +1,6 @@
 """``semseg serve``: the API through the ASGI test client, limits and bad input, the page (also
-in headless Chromium when /usr/bin/chromium and playwright are there) and a quick load test."""
+in headless Chromium: /usr/bin/chromium and playwright, which CI installs), a quick load test, and
+hostile clients: slow bodies, half-sent heads, huge images, out of memory, malformed HTTP."""
 
 from __future__ import annotations
 
@@ -502,9 +503,9 @@ def test_concurrent_clients_are_queued_or_refused(live_server, scene):
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     """Debian's Chromium, driven by playwright; the test skips (before any server starts)
-    where either is missing, as on CI machines, which need not install them."""
+    where either is missing (CI installs both and fails on an unexpected skip)."""
     if not CHROMIUM.is_file():
-        pytest.skip(f"no {CHROMIUM} (Debian's chromium package); the browser test is optional")
+        pytest.skip(f"no {CHROMIUM} (Debian's chromium package): the browser test needs it")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright package is not installed (pip install playwright)")
     return CHROMIUM

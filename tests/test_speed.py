@@ -38,7 +38,7 @@ from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 from semseg.tasks.segmentation import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="no AVX512-BF16/AMX on this CPU")
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="needs a CPU with AVX512-BF16 or AMX")
 TOLERANCE = {"channels_last": 1e-5, "onnxruntime": 1e-4, "compile": 1e-4, "bf16": 2e-2}
 
 
