@@ -203,13 +203,11 @@ class InferenceWorker:
             await self._reserve(reserved)
             try:
                 await self._serve_batch(jobs)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as error:  # never let the worker die: fail this batch only
+            except Exception as error:  # never let the worker die: fail this batch only
                 self.failures += 1
                 if is_out_of_memory(error):
                     LOG.error("out of memory in a batch of %d images", len(jobs))
-                    failure: BaseException = out_of_memory("segmenting")
+                    failure: Exception = out_of_memory("segmenting")
                 else:
                     LOG.exception("the inference worker failed a batch")
                     failure = error
