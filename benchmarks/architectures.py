@@ -222,7 +222,7 @@ def format_table(
 
 
 def describe_machine() -> str:
-    from semseg.inference.backends import cpu_model
+    from semseg.inference.machine import cpu_model
 
     return (
         f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "

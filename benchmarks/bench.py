@@ -72,6 +72,8 @@ def display_path(path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), ROOT)
     except ValueError:
         return str(path)
+
+
 FCNS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
 PEERS = {
     "fcn_resnet50": "torchvision",
@@ -184,13 +186,15 @@ def build(name: str, settings: Settings) -> nn.Module:
     if name == "fcn_resnet50":
         from torchvision.models.segmentation import fcn_resnet50
 
-        net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
-                           aux_loss=False)
+        net = fcn_resnet50(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False
+        )
     elif name == "lraspp_mobilenet_v3_large":
         from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-        net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                        num_classes=NUM_CLASSES)
+        net = lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=NUM_CLASSES
+        )
     elif name == "unet_resnet18":
         import segmentation_models_pytorch as smp
 
@@ -252,7 +256,7 @@ class MatmulRunner:
 
 class InferRunner:
     def __init__(self, config: Config, settings: Settings, onnx_path: str | None) -> None:
-        from semseg.inference.backends import OnnxRuntimeBackend, TorchBackend
+        from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 
         self.settings = settings
         if config.path == "onnxruntime":
@@ -275,8 +279,15 @@ class InferRunner:
 
     def run(self, batch: int) -> float:
         if batch not in getattr(self, "inputs", {}):
-            self.inputs = {batch: torch.rand(batch, 3, self.settings.height, self.settings.width,
-                                             generator=torch.Generator().manual_seed(batch))}
+            self.inputs = {
+                batch: torch.rand(
+                    batch,
+                    3,
+                    self.settings.height,
+                    self.settings.width,
+                    generator=torch.Generator().manual_seed(batch),
+                )
+            }
         x = self.inputs[batch]
         start = time.perf_counter()
         self.backend.logits(x)
@@ -335,8 +346,11 @@ def worker_main(conn, config: Config, settings: Settings, onnx_path: str | None)
         setup_s = time.perf_counter() - start
         gflop = None
         with contextlib.suppress(Exception):
-            gflop = (2.0 * settings.matmul_n**3 / 1e9 if config.model == MATMUL else
-                     count_flops(config.model, settings, config.mode == "train") / 1e9)
+            gflop = (
+                2.0 * settings.matmul_n**3 / 1e9
+                if config.model == MATMUL
+                else count_flops(config.model, settings, config.mode == "train") / 1e9
+            )
         conn.send(("ok", {"setup_s": setup_s, "gflop": gflop}))
         while True:
             command, argument = conn.recv()
@@ -396,20 +410,38 @@ def export_main(conn, model: str, settings: Settings, path: str) -> None:
         from semseg.inference.onnx_export import export_onnx
 
         start = time.perf_counter()
-        loaded = LoadedModel(build(model, settings).eval(), model, NUM_CLASSES,
-                             (settings.height, settings.width), 1, ["not road", "road"],
-                             Path(path))
+        loaded = LoadedModel(
+            build(model, settings).eval(),
+            model,
+            NUM_CLASSES,
+            (settings.height, settings.width),
+            1,
+            ["not road", "road"],
+            Path(path),
+        )
         verification = export_onnx(loaded, path)
-        conn.send(("ok", {"seconds": time.perf_counter() - start,
-                          "verified": verification.summary() if verification else ""}))
+        conn.send(
+            (
+                "ok",
+                {
+                    "seconds": time.perf_counter() - start,
+                    "verified": verification.summary() if verification else "",
+                },
+            )
+        )
     except Exception as error:
         conn.send(("error", first_line(error)))
     finally:
         conn.close()
 
 
-def run_group(name: str, configs: Sequence[Config], settings: Settings,
-              onnx_path: str | None, log: Callable[[str], None]) -> list[Row]:
+def run_group(
+    name: str,
+    configs: Sequence[Config],
+    settings: Settings,
+    onnx_path: str | None,
+    log: Callable[[str], None],
+) -> list[Row]:
     """Children alive together, timed round-robin, phase by phase (batch sizes)."""
     batches = settings.infer_batches if configs[0].mode == "infer" else (settings.train_batch,)
     rows: dict[tuple[Config, int], Row] = {}
@@ -429,8 +461,14 @@ def run_group(name: str, configs: Sequence[Config], settings: Settings,
                 log(f"  {config.label}: failed: {error}")
         for batch in batches:
             for config in configs:
-                rows[config, batch] = Row(name, config.model, config.path, config.mode, batch,
-                                          error=errors.get(config, ""))
+                rows[config, batch] = Row(
+                    name,
+                    config.model,
+                    config.path,
+                    config.mode,
+                    batch,
+                    error=errors.get(config, ""),
+                )
                 rows[config, batch].setup_s = info.get(config, {}).get("setup_s")
                 rows[config, batch].gflop = info.get(config, {}).get("gflop")
             live = [c for c in configs if c in workers]
@@ -452,8 +490,10 @@ def run_group(name: str, configs: Sequence[Config], settings: Settings,
             for config in [c for c in live if c in workers]:
                 rows[config, batch].rss_mb = workers[config].ask("rss")
                 row = rows[config, batch]
-                log(f"  {config.label} batch {batch}: {row.per_image:.3f} s/img "
-                    f"(first call {row.first_call_s:.1f} s, peak RSS {row.rss_mb:.0f} MB)")
+                log(
+                    f"  {config.label} batch {batch}: {row.per_image:.3f} s/img "
+                    f"(first call {row.first_call_s:.1f} s, peak RSS {row.rss_mb:.0f} MB)"
+                )
     finally:
         for worker in workers.values():
             worker.close()
@@ -488,8 +528,9 @@ def parity_batches(settings: Settings, data: Path, count: int) -> tuple[list, st
         for index in range(count):
             scene = generate_scene(index, height=height * 2, width=width * 2)
             mask = np.where(scene.valid, scene.road.astype(np.int64), IGNORE_INDEX)
-            pairs.append((image_to_tensor(scene.image, height, width),
-                          resize_mask(mask, height, width)))
+            pairs.append(
+                (image_to_tensor(scene.image, height, width), resize_mask(mask, height, width))
+            )
         source = f"{count} synthetic scenes"
     return pairs, source
 
@@ -521,20 +562,41 @@ def train_parity_main(conn, precision: str, settings: Settings, data: str) -> No
                 stamps.append(time.perf_counter())
 
         L.seed_everything(0, workers=True, verbose=False)
-        task = SegmentationTask(model_name=BASELINE_MODEL, num_classes=NUM_CLASSES,
-                                model_options={"width_mult": settings.width_mult},
-                                input_size=list(settings.parity_size), lr=1e-4)
+        task = SegmentationTask(
+            model_name=BASELINE_MODEL,
+            num_classes=NUM_CLASSES,
+            model_options={"width_mult": settings.width_mult},
+            input_size=list(settings.parity_size),
+            lr=1e-4,
+        )
         loader = DataLoader(pairs, batch_size=4, shuffle=False, num_workers=0)
-        trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0,
-                            limit_val_batches=0, callbacks=[Record(), ChannelsLast(None)])
+        trainer = L.Trainer(
+            max_steps=steps,
+            precision=precision,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[Record(), ChannelsLast(None)],
+        )
         start = time.perf_counter()
         trainer.fit(task, train_dataloaders=loader)
         per_step = np.diff([start, *stamps])
-        conn.send(("ok", {"losses": losses, "source": source,
-                          "step_s_median": float(np.median(per_step[1:])) if steps > 1 else None,
-                          "rss_mb": maxrss_mb()}))
+        conn.send(
+            (
+                "ok",
+                {
+                    "losses": losses,
+                    "source": source,
+                    "step_s_median": float(np.median(per_step[1:])) if steps > 1 else None,
+                    "rss_mb": maxrss_mb(),
+                },
+            )
+        )
     except Exception as error:
         traceback.print_exc(file=sys.stderr)
         conn.send(("error", first_line(error)))
@@ -542,12 +604,13 @@ def train_parity_main(conn, precision: str, settings: Settings, data: str) -> No
         conn.close()
 
 
-def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
-                paths: Sequence[str], onnx_dir: str) -> None:
+def parity_main(
+    conn, settings: Settings, data: str, checkpoint: str | None, paths: Sequence[str], onnx_dir: str
+) -> None:
     """Every path against fp32 eager over the images: max |dp|, label changes, MaxF."""
     try:
         from semseg.evaluation import SpaceScores
-        from semseg.inference.backends import Candidate, build_backend
+        from semseg.inference.autotune import Candidate, build_backend
         from semseg.inference.checkpoint import LoadedModel, load_model
         from semseg.inference.predictor import Predictor
 
@@ -562,9 +625,15 @@ def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
             for layer in model.modules():  # the zero-initialised score layers would give 0.5
                 if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1):
                     nn.init.normal_(layer.weight, std=0.01)
-            loaded = LoadedModel(model, BASELINE_MODEL, NUM_CLASSES,
-                                 (settings.height, settings.width), 1, ["not road", "road"],
-                                 Path(onnx_dir) / "untrained.ckpt")
+            loaded = LoadedModel(
+                model,
+                BASELINE_MODEL,
+                NUM_CLASSES,
+                (settings.height, settings.width),
+                1,
+                ["not road", "road"],
+                Path(onnx_dir) / "untrained.ckpt",
+            )
             what = "untrained FCN-8s (seed 0, 1x1 score layers N(0, 0.01))"
         images, source = parity_images(settings, Path(data))
         candidates = {
@@ -579,17 +648,25 @@ def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
         predictors = {}
         for path in ["fp32", *paths]:
             try:
-                predictors[path] = Predictor(loaded, batch_size=4, backend=build_backend(
-                    loaded, candidates[path], sha256="bench" if not checkpoint else None))
+                predictors[path] = Predictor(
+                    loaded,
+                    batch_size=4,
+                    backend=build_backend(
+                        loaded, candidates[path], sha256="bench" if not checkpoint else None
+                    ),
+                )
             except Exception as error:
                 predictors[path] = first_line(error)
-        scores = {p: SpaceScores(NUM_CLASSES, loaded.positive_class)
-                  for p, v in predictors.items() if not isinstance(v, str)}
+        scores = {
+            p: SpaceScores(NUM_CLASSES, loaded.positive_class)
+            for p, v in predictors.items()
+            if not isinstance(v, str)
+        }
         worst = dict.fromkeys(scores, 0.0)
         changed = dict.fromkeys(scores, 0)
         pixels = 0
         for start in range(0, len(images), 4):
-            chunk = images[start:start + 4]
+            chunk = images[start : start + 4]
             outputs = {p: predictors[p].predict_batch([i for i, _, _ in chunk]) for p in scores}
             for index, (_, mask, category) in enumerate(chunk):
                 reference = outputs["fp32"][index]
@@ -601,8 +678,9 @@ def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
                     worst[path] = max(worst[path], float(np.abs(probability - reference).max()))
                     changed[path] += int((labels != labels_ref).sum())
                     if mask is not None:
-                        scores[path].update(category, probability[loaded.positive_class],
-                                            labels, mask)
+                        scores[path].update(
+                            category, probability[loaded.positive_class], labels, mask
+                        )
         results = {}
         for path, value in predictors.items():
             if isinstance(value, str):
@@ -614,8 +692,9 @@ def parity_main(conn, settings: Settings, data: str, checkpoint: str | None,
                 entry["max_f"] = groups["all"]["max_f"]
                 entry["iou"] = groups["all"]["iou"]
             results[path] = entry
-        conn.send(("ok", {"model": what, "source": source, "images": len(images),
-                          "results": results}))
+        conn.send(
+            ("ok", {"model": what, "source": source, "images": len(images), "results": results})
+        )
     except Exception as error:
         traceback.print_exc(file=sys.stderr)
         conn.send(("error", first_line(error)))
@@ -638,8 +717,11 @@ def profile_main(conn, config: Config, settings: Settings, top: int) -> None:
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        runner = (InferRunner(config, settings, None) if config.mode == "infer"
-                  else TrainRunner(config, settings))
+        runner = (
+            InferRunner(config, settings, None)
+            if config.mode == "infer"
+            else TrainRunner(config, settings)
+        )
         batch = 1 if config.mode == "infer" else settings.train_batch
         runner.run(batch)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -647,9 +729,23 @@ def profile_main(conn, config: Config, settings: Settings, top: int) -> None:
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events) or 1.0
         rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-        conn.send(("ok", {"seconds": seconds, "rows": [
-            {"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
-             "share": e.self_cpu_time_total / total} for e in rows]}))
+        conn.send(
+            (
+                "ok",
+                {
+                    "seconds": seconds,
+                    "rows": [
+                        {
+                            "op": e.key,
+                            "calls": e.count,
+                            "self_ms": e.self_cpu_time_total / 1e3,
+                            "share": e.self_cpu_time_total / total,
+                        }
+                        for e in rows
+                    ],
+                },
+            )
+        )
     except Exception as error:
         traceback.print_exc(file=sys.stderr)
         conn.send(("error", first_line(error)))
@@ -665,7 +761,7 @@ def parity_images(settings: Settings, data: Path) -> tuple[list, str]:
 
         samples = labelled_samples(data)
         if settings.parity_images:
-            samples = samples[:settings.parity_images]
+            samples = samples[: settings.parity_images]
         reader = make_reader(data_config_for(data, None), NUM_CLASSES)
         out = []
         for sample in samples:
@@ -689,19 +785,27 @@ def parity_images(settings: Settings, data: Path) -> tuple[list, str]:
 
 
 def machine() -> dict[str, Any]:
-    from semseg.inference.backends import bf16_supported, cpu_flags, cpu_model
+    from semseg.inference.machine import bf16_supported, cpu_flags, cpu_model
 
     info: dict[str, Any] = {"cpu": cpu_model(), "cpus": os.cpu_count()}
     with contextlib.suppress(Exception):
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in lscpu.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "Core(s) per socket", "Socket(s)",
-                               "Thread(s) per core", "L3 cache"):
+            if key.strip() in (
+                "Model name",
+                "Core(s) per socket",
+                "Socket(s)",
+                "Thread(s) per core",
+                "L3 cache",
+            ):
                 info[key.strip()] = value.strip()
     flags = cpu_flags()
-    info["isa"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
-                                       "amx_bf16", "amx_tile") if f in flags)
+    info["isa"] = " ".join(
+        f
+        for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+        if f in flags
+    )
     info["bf16"] = bf16_supported()
     info["torch"] = torch.__version__
     info["threads"] = torch.get_num_threads()
@@ -717,8 +821,9 @@ def machine() -> dict[str, Any]:
 # The run
 
 
-def speed(settings: Settings, log: Callable[[str], None], work: Path,
-          models: Sequence[str]) -> dict[str, Any]:
+def speed(
+    settings: Settings, log: Callable[[str], None], work: Path, models: Sequence[str]
+) -> dict[str, Any]:
     infer_paths = ["fp32", "fp32-cl", "bf16-cl", "onnxruntime"]
     if settings.compile:
         infer_paths += ["compile-fp32-cl", "compile-bf16-cl"]
@@ -738,8 +843,7 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
         ("models fp32", [Config(m, "fp32", "infer") for m in models]),
     ]
     if models_bf16() and not settings.quick:  # --quick: one group per kind of code path
-        groups.append(("models bf16-cl",
-                       [base, *[Config(m, "bf16-cl", "infer") for m in models]]))
+        groups.append(("models bf16-cl", [base, *[Config(m, "bf16-cl", "infer") for m in models]]))
     train_base = Config(BASELINE_MODEL, "fp32", "train")
     train_paths = ["fp32", *(["bf16-mixed", "bf16-mixed-cl"] if models_bf16() else [])]
     groups.append(("fcn8s training", [Config(BASELINE_MODEL, p, "train") for p in train_paths]))
@@ -747,8 +851,9 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
     fcn_others = [m for m in others if m in FCNS]
     peers = [m for m in others if m not in FCNS]
     if fcn_others and not settings.quick:
-        groups.append(("FCN training", [train_base, *[Config(m, "fp32", "train")
-                                                     for m in fcn_others]]))
+        groups.append(
+            ("FCN training", [train_base, *[Config(m, "fp32", "train") for m in fcn_others]])
+        )
     if peers:
         peer_configs = [Config(m, "fp32", "train") for m in peers]
         if models_bf16():
@@ -764,30 +869,41 @@ def speed(settings: Settings, log: Callable[[str], None], work: Path,
 
 
 def models_bf16() -> bool:
-    from semseg.inference.backends import bf16_supported
+    from semseg.inference.machine import bf16_supported
 
     return bf16_supported()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: width 0.125 models, 64 x 96, 1 repeat, no peers")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: width 0.125 models, 64 x 96, 1 repeat, no peers",
+    )
     parser.add_argument("--out", type=Path, help="write the markdown section here")
     parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--modes", default="speed,train-parity",
-                        help="comma list of speed, train-parity, parity, profile")
+    parser.add_argument(
+        "--modes",
+        default="speed,train-parity",
+        help="comma list of speed, train-parity, parity, profile",
+    )
     parser.add_argument("--parity", action="store_true", help="add the inference parity mode")
     parser.add_argument("--repeats", type=int, help="timed iterations at batch 1 [5]")
-    parser.add_argument("--repeats-large", type=int,
-                        help="timed iterations at batch 8 and in training [2]")
+    parser.add_argument(
+        "--repeats-large", type=int, help="timed iterations at batch 8 and in training [2]"
+    )
     parser.add_argument("--models", nargs="+", help="subset of models (FCNs and peers)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile paths")
-    parser.add_argument("--warm-compile-cache", action="store_true",
-                        help="use torch inductor's usual cache (default: a fresh one, so the "
-                        "first call of a compiled path is a cold compilation)")
+    parser.add_argument(
+        "--warm-compile-cache",
+        action="store_true",
+        help="use torch inductor's usual cache (default: a fresh one, so the "
+        "first call of a compiled path is a cold compilation)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
     parser.add_argument("--matmul-n", type=int, help="matmul size for the peak [4096]")
     parser.add_argument("--parity-steps", type=int, help="training-parity steps [30]")
@@ -798,12 +914,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = Settings(threads=args.threads)
     if args.quick:  # one thread: tiny models on a busy machine suffer most from OpenMP waits
-        settings = Settings(height=64, width=96, width_mult=0.125, repeats=1, repeats_large=1,
-                            matmul_n=512, peers=False, compile=False, threads=args.threads or 1,
-                            parity_steps=3, parity_size=(32, 64), parity_images=4, quick=True)
-    for attr, value in (("repeats", args.repeats), ("repeats_large", args.repeats_large),
-                        ("matmul_n", args.matmul_n), ("parity_steps", args.parity_steps),
-                        ("parity_images", args.parity_images)):
+        settings = Settings(
+            height=64,
+            width=96,
+            width_mult=0.125,
+            repeats=1,
+            repeats_large=1,
+            matmul_n=512,
+            peers=False,
+            compile=False,
+            threads=args.threads or 1,
+            parity_steps=3,
+            parity_size=(32, 64),
+            parity_images=4,
+            quick=True,
+        )
+    for attr, value in (
+        ("repeats", args.repeats),
+        ("repeats_large", args.repeats_large),
+        ("matmul_n", args.matmul_n),
+        ("parity_steps", args.parity_steps),
+        ("parity_images", args.parity_images),
+    ):
         if value is not None:
             setattr(settings, attr, value)
     if args.no_peers:
@@ -821,8 +953,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     command = "python3 benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results: dict[str, Any] = {"command": command.strip(), "settings": asdict(settings),
-                               "started": datetime.now().isoformat(timespec="seconds")}
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "settings": asdict(settings),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
     wall = time.perf_counter()
     results["machine"] = machine()
     results["base_rss_mb"] = maxrss_mb()
@@ -834,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if peer_available(peer):
                 models.append(peer)
             else:
-                skipped.append(f"{peer} ({PEERS[peer]} not installed: pip install -e \".[bench]\")")
+                skipped.append(f'{peer} ({PEERS[peer]} not installed: pip install -e ".[bench]")')
     elif args.models is None:
         skipped.append("peers (--quick or --no-peers)")
     results["skipped"] = skipped
@@ -860,8 +995,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 paths += ["compile-fp32-cl", "compile-bf16-cl"]
             if not models_bf16():
                 paths = [p for p in paths if "bf16" not in p]
-            results["parity"] = forked(parity_main, settings, str(args.data), args.checkpoint,
-                                       paths, str(work))
+            results["parity"] = forked(
+                parity_main, settings, str(args.data), args.checkpoint, paths, str(work)
+            )
             log(f"parity: {json.dumps(results['parity']['results'])}")
         if "profile" in modes:
             profiles = {}
@@ -933,17 +1069,26 @@ def render(results: dict[str, Any]) -> str:
 
 def render_profile(results: dict[str, Any]) -> list[str]:
     s = results["settings"]
-    lines = [f"Profiles (torch.profiler, one iteration after a warm-up; inference batch 1, "
-             f"training batch {s['train_batch']}; operators by self CPU time):"]
+    lines = [
+        f"Profiles (torch.profiler, one iteration after a warm-up; inference batch 1, "
+        f"training batch {s['train_batch']}; operators by self CPU time):"
+    ]
     for label, profile in results["profile"].items():
         if "error" in profile:
             lines += ["", f"{label}: failed: {profile['error']}"]
             continue
-        lines += ["", f"{label} ({profile['seconds']:.2f} s for the iteration):", "",
-                  "| operator | calls | self ms | share |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"{label} ({profile['seconds']:.2f} s for the iteration):",
+            "",
+            "| operator | calls | self ms | share |",
+            "|---|---:|---:|---:|",
+        ]
         for row in profile["rows"]:
-            lines.append(f"| `{row['op']}` | {row['calls']} | {row['self_ms']:.0f} | "
-                         f"{100 * row['share']:.1f}% |")
+            lines.append(
+                f"| `{row['op']}` | {row['calls']} | {row['self_ms']:.0f} | "
+                f"{100 * row['share']:.1f}% |"
+            )
     return lines
 
 
@@ -961,13 +1106,14 @@ def render_speed(results: dict[str, Any]) -> list[str]:
         "",
         "| group | batch | fp32 GFLOP/s | bf16 GFLOP/s |",
         "|---|---:|---:|---:|",
-        *(f"| {group} | {batch} | {fmt(p.get('fp32'))} | {fmt(p.get('bf16'))} |"
-          for (group, batch), p in peaks.items()),
+        *(
+            f"| {group} | {batch} | {fmt(p.get('fp32'))} | {fmt(p.get('bf16'))} |"
+            for (group, batch), p in peaks.items()
+        ),
     ]
     export = results["speed"].get("export")
     if export:
-        lines += ["", f"ONNX export of FCN-8s: {export['seconds']:.1f} s "
-                  f"({export['verified']})."]
+        lines += ["", f"ONNX export of FCN-8s: {export['seconds']:.1f} s ({export['verified']})."]
     baselines = {}
     for row in rows:
         if row.model == BASELINE_MODEL and row.path == "fp32" and row.per_image:
@@ -982,8 +1128,10 @@ def render_speed(results: dict[str, Any]) -> list[str]:
         paths = INFER_PATHS if row.mode == "infer" else TRAIN_PATHS
         path = ("train " if row.mode == "train" else "") + paths[row.path]
         if row.error or not row.per_image:
-            lines.append(f"| {row.group} | {row.model} | {path} | {row.batch} | failed: "
-                         f"{row.error or 'no timing'} | | | | | | |")
+            lines.append(
+                f"| {row.group} | {row.model} | {path} | {row.batch} | failed: "
+                f"{row.error or 'no timing'} | | | | | | |"
+            )
             continue
         base = baselines.get((row.group, row.batch))
         ratio = f"{base / row.per_image:.2f}x" if base else ""
@@ -996,12 +1144,15 @@ def render_speed(results: dict[str, Any]) -> list[str]:
             f"{ratio} | {fmt(row.first_call_s)} | {fmt(row.gflop)} | {fmt(rate)} | "
             f"{fmt(share, 2)} | {fmt(row.rss_mb)} |"
         )
-    lines += ["", "Ratios: the FCN-8s fp32 eager baseline of the same group and batch size "
-              "(> 1: faster). % of peak: fp32 paths against the fp32 matmul peak, bf16 paths "
-              "against the bf16 peak of the same group and phase. Training GFLOP: forward + "
-              "backward (3x the forward count for models with grouped convolutions, whose backward "
-              "FlopCounterMode over-counts). First call: the warm-up; for compiled paths the "
-              "compilation for that input shape."]
+    lines += [
+        "",
+        "Ratios: the FCN-8s fp32 eager baseline of the same group and batch size "
+        "(> 1: faster). % of peak: fp32 paths against the fp32 matmul peak, bf16 paths "
+        "against the bf16 peak of the same group and phase. Training GFLOP: forward + "
+        "backward (3x the forward count for models with grouped convolutions, whose backward "
+        "FlopCounterMode over-counts). First call: the warm-up; for compiled paths the "
+        "compilation for that input shape.",
+    ]
     return lines
 
 
@@ -1020,18 +1171,25 @@ def render_train_parity(results: dict[str, Any]) -> list[str]:
     ]
     for precision, run in runs.items():
         losses = run["losses"]
-        lines.append(f"| {precision} | {losses[-1]:.4f} | {np.mean(losses[-5:]):.4f} | "
-                     f"{fmt(run['step_s_median'])} | {run['wall_s']:.0f} | {run['rss_mb']:.0f} |")
+        lines.append(
+            f"| {precision} | {losses[-1]:.4f} | {np.mean(losses[-5:]):.4f} | "
+            f"{fmt(run['step_s_median'])} | {run['wall_s']:.0f} | {run['rss_mb']:.0f} |"
+        )
     if "bf16-mixed" in runs and "32" in runs:
         a, b = runs["32"]["losses"], runs["bf16-mixed"]["losses"]
         final = abs(b[-1] - a[-1]) / abs(a[-1]) * 100
         tail = abs(np.mean(b[-5:]) - np.mean(a[-5:])) / abs(np.mean(a[-5:])) * 100
         worst = max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=False)) * 100
-        lines += ["", f"bf16-mixed vs 32: final loss differs by {final:.2f}% (mean of the last 5 "
-                  f"steps: {tail:.2f}%; largest step-wise difference {worst:.2f}%).",
-                  "", "Loss curves (every step): ",
-                  "", "    32:         " + " ".join(f"{v:.3f}" for v in a),
-                  "    bf16-mixed: " + " ".join(f"{v:.3f}" for v in b)]
+        lines += [
+            "",
+            f"bf16-mixed vs 32: final loss differs by {final:.2f}% (mean of the last 5 "
+            f"steps: {tail:.2f}%; largest step-wise difference {worst:.2f}%).",
+            "",
+            "Loss curves (every step): ",
+            "",
+            "    32:         " + " ".join(f"{v:.3f}" for v in a),
+            "    bf16-mixed: " + " ".join(f"{v:.3f}" for v in b),
+        ]
     return lines
 
 

@@ -403,7 +403,7 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def describe_machine(threads: int) -> str:
-    from semseg.inference.backends import cpu_model
+    from semseg.inference.machine import cpu_model
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (

@@ -3,10 +3,14 @@ compare, demo, serve, models."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import traceback
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from semseg.errors import SemsegError
+from semseg.inference.options import Backend, BackendOptions, Precision
 
 app = typer.Typer(
     add_completion=False,
@@ -195,62 +200,96 @@ def results_by_space(results: dict) -> list[tuple[str, dict]]:
     return [(results.get("space", "perspective"), results["groups"])]
 
 
-# Fully connected CRF post-processing (semseg evaluate / predict); defaults are DeepLab v1's.
-CrfFlag = Annotated[
-    bool,
-    typer.Option(
-        "--crf",
-        help='Refine with a fully connected CRF (meant for DeepLab; pip install -e ".\\[crf]").',
-    ),
-]
-CrfIters = Annotated[int | None, typer.Option(min=1, help="CRF mean-field iterations [10].")]
-CrfPosSxy = Annotated[float | None, typer.Option(help="CRF positional kernel sxy, pixels [3].")]
-CrfPosW = Annotated[float | None, typer.Option(help="CRF positional kernel weight [3].")]
-CrfBiSxy = Annotated[float | None, typer.Option(help="CRF bilateral kernel sxy, pixels [121].")]
-CrfBiSrgb = Annotated[float | None, typer.Option(help="CRF bilateral kernel srgb [5].")]
-CrfBiW = Annotated[float | None, typer.Option(help="CRF bilateral kernel weight [4].")]
+# Inference options shared by `semseg evaluate` and `semseg predict`: the fully connected CRF
+# (defaults are DeepLab v1's) and the backend (semseg.inference.autotune). Declared once here and
+# added to each command by @inference_options, which hands the command one InferenceOptions.
+def _inference_parameters(default_backend: str) -> list[inspect.Parameter]:
+    def option(name: str, kind, default, *flags: str, **extra) -> inspect.Parameter:
+        annotation = Annotated[kind, typer.Option(*flags, **extra)]
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+        )
+
+    crf_help = 'Refine with a fully connected CRF (meant for DeepLab; pip install -e ".\\[crf]").'
+    return [
+        option("crf", bool, False, "--crf", help=crf_help),
+        option("crf_iters", int | None, None, min=1, help="CRF mean-field iterations [10]."),
+        option("crf_pos_sxy", float | None, None, help="CRF positional kernel sxy, pixels [3]."),
+        option("crf_pos_w", float | None, None, help="CRF positional kernel weight [3]."),
+        option("crf_bi_sxy", float | None, None, help="CRF bilateral kernel sxy, pixels [121]."),
+        option("crf_bi_srgb", float | None, None, help="CRF bilateral kernel srgb [5]."),
+        option("crf_bi_w", float | None, None, help="CRF bilateral kernel weight [4]."),
+        option(
+            "backend", Backend, Backend(default_backend), case_sensitive=False,
+            help="auto: the fastest path that holds parity with fp32 eager (calibrated once per "
+            "machine and checkpoint); torch; onnxruntime (a .onnx file, or a checkpoint exported "
+            "once to the cache).",
+        ),
+        option(
+            "precision", Precision | None, None,
+            help="32 or bf16 (torch). auto tries both where the CPU has bf16; torch: 32.",
+        ),
+        option(
+            "channels_last", bool | None, None, "--channels-last/--no-channels-last",
+            help="NHWC layout (torch).",
+        ),
+        option(
+            "compile_", bool, False, "--compile",
+            help="torch.compile (inductor; tens of seconds per input shape).",
+        ),
+        option("threads", int | None, None, min=1, help="onnxruntime threads \\[torch's]."),
+        option(
+            "recalibrate", bool, False, "--recalibrate",
+            help="auto: calibrate again, ignore the cached choice.",
+        ),
+    ]
 
 
-def crf_settings(enabled: bool, iters, pos_sxy, pos_w, bi_sxy, bi_srgb, bi_w):
-    """The CRF settings of the --crf flags (None without --crf); checks the backend early."""
-    from semseg.inference.crf import crf_params
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The CRF settings (a ``CRFParams``, None without --crf) and the backend options."""
 
-    return crf_params(
-        enabled,
-        iterations=iters,
-        pos_sxy=pos_sxy,
-        pos_w=pos_w,
-        bi_sxy=bi_sxy,
-        bi_srgb=bi_srgb,
-        bi_w=bi_w,
-    )
+    crf: Any
+    backend: BackendOptions
 
 
-# Inference backends (semseg predict / evaluate): see semseg.inference.backends.
-BackendOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto: the fastest path that holds parity with fp32 eager (calibrated once per "
-        "machine and checkpoint); torch; onnxruntime (a .onnx file, or a checkpoint exported "
-        "once to the cache)."
-    ),
-]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(help="32 or bf16 (torch). auto tries both where the CPU has bf16; torch: 32."),
-]
-ChannelsLastOpt = Annotated[
-    bool | None,
-    typer.Option("--channels-last/--no-channels-last", help="NHWC layout (torch)."),
-]
-CompileOpt = Annotated[
-    bool,
-    typer.Option("--compile", help="torch.compile (inductor; tens of seconds per input shape)."),
-]
-ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="onnxruntime threads [torch's].")]
-RecalibrateOpt = Annotated[
-    bool, typer.Option("--recalibrate", help="auto: calibrate again, ignore the cached choice.")
-]
+def inference_options(default_backend: str):
+    """Add the shared CRF and backend options to a command; it receives ``inference``."""
+
+    def decorate(command):
+        parameters = _inference_parameters(default_backend)
+        names = [p.name for p in parameters]
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "inference"]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            from semseg.inference.crf import crf_params
+
+            values = {name: kwargs.pop(name, None) for name in names}
+            crf = crf_params(
+                bool(values["crf"]),
+                iterations=values["crf_iters"],
+                pos_sxy=values["crf_pos_sxy"],
+                pos_w=values["crf_pos_w"],
+                bi_sxy=values["crf_bi_sxy"],
+                bi_srgb=values["crf_bi_srgb"],
+                bi_w=values["crf_bi_w"],
+            )
+            backend = BackendOptions(
+                str(values["backend"] or default_backend),  # str of the enum: its value
+                None if values["precision"] is None else str(values["precision"]),
+                values["channels_last"],
+                bool(values["compile_"]),
+                values["threads"],
+                bool(values["recalibrate"]),
+            )
+            return command(*args, inference=InferenceOptions(crf, backend), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *parameters])
+        return wrapper
+
+    return decorate
 
 
 def load_any_model(path: Path):
@@ -264,25 +303,15 @@ def load_any_model(path: Path):
     return load_model(path)
 
 
-def choose_backend(loaded, backend, precision, channels_last, compile_, threads, recalibrate,
-                   image=None, batch_size=1):
-    """The backend the flags ask for; says which on one stderr line."""
-    from semseg.inference.backends import select_backend
+def choose_backend(loaded, options, image=None, batch_size=1):
+    """The backend the options ask for; says which on one stderr line."""
+    from semseg.inference.autotune import choose_backend as choose
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    engine, choice = select_backend(
-        loaded,
-        backend,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        threads=threads,
-        image=image,
-        recalibrate=recalibrate,
-        announce=announce,
-        batch_size=batch_size,
+    engine, choice = choose(
+        loaded, options, image=image, announce=announce, batch_size=batch_size
     )
     announce(choice.line(engine))
     return engine
@@ -296,13 +325,25 @@ def first_readable(reader, samples):
         return None
 
 
+class Split(StrEnum):
+    all = "all"
+    val = "val"
+
+
+class Space(StrEnum):
+    perspective = "perspective"
+    bev = "bev"
+    both = "both"
+
+
 @app.command()
+@inference_options(default_backend="torch")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
     data: Annotated[Path, typer.Option(help="KITTI data_road folder, or images/+masks/.")],
     split: Annotated[
-        str, typer.Option(help="all: every labelled image; val: the run's split.")
-    ] = "all",
+        Split, typer.Option(help="all: every labelled image; val: the run's split.")
+    ] = Split.all,
     out: Annotated[Path | None, typer.Option(help="JSON file for the results.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     class_table: Annotated[
@@ -312,27 +353,17 @@ def evaluate(
         bool, typer.Option("--skip-bad", help="Skip unreadable images and images without GT.")
     ] = False,
     space: Annotated[
-        str, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
-    ] = "perspective",
-    crf: CrfFlag = False,
-    crf_iters: CrfIters = None,
-    crf_pos_sxy: CrfPosSxy = None,
-    crf_pos_w: CrfPosW = None,
-    crf_bi_sxy: CrfBiSxy = None,
-    crf_bi_srgb: CrfBiSrgb = None,
-    crf_bi_w: CrfBiW = None,
-    backend: BackendOpt = "torch",
-    precision: PrecisionOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile_: CompileOpt = False,
-    threads: ThreadsOpt = None,
-    recalibrate: RecalibrateOpt = False,
+        Space, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
+    ] = Space.perspective,
+    *,
+    inference: InferenceOptions,
 ) -> None:
     """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution.
 
     The model runs in plain fp32 eager torch unless --backend / --precision say otherwise."""
     from semseg.data.datamodule import make_reader
     from semseg.evaluation import (
+        check_model_fits_data,
         data_config_for,
         evaluate_samples,
         labelled_samples,
@@ -341,13 +372,7 @@ def evaluate(
     from semseg.inference.checkpoint import load_model
     from semseg.io import write_json_atomic
 
-    if split not in ("all", "val"):
-        raise SemsegError(f"--split must be all or val, got {split!r}")
-    if space not in ("perspective", "bev", "both"):
-        raise SemsegError(f"--space must be perspective, bev or both, got {space!r}")
-    crf_params = crf_settings(
-        crf, crf_iters, crf_pos_sxy, crf_pos_w, crf_bi_sxy, crf_bi_srgb, crf_bi_w
-    )
+    split, space = Split(split).value, Space(space).value
     loaded = load_model(checkpoint)
     samples = labelled_samples(data, skip_bad=skip_bad)
     if split == "val":
@@ -356,12 +381,13 @@ def evaluate(
         if not samples:
             raise SemsegError(f"none of the run's validation images are in {data}")
     data_config = data_config_for(data, class_table)
-    if data_config.kind == "kitti" and loaded.num_classes != 2:
-        raise SemsegError(f"{checkpoint} predicts {loaded.num_classes} classes; KITTI road has 2")
+    check_model_fits_data(loaded, data_config)
     reader = make_reader(data_config, loaded.num_classes)
+    options = inference.backend
     engine = choose_backend(
-        loaded, backend, precision, channels_last, compile_, threads, recalibrate,
-        image=first_readable(reader, samples) if backend == "auto" else None,
+        loaded,
+        options,
+        image=first_readable(reader, samples) if options.backend == "auto" else None,
         batch_size=batch_size,
     )
     with progress_bar() as bar:
@@ -374,13 +400,13 @@ def evaluate(
             on_progress=lambda n: bar.advance(task, n),
             space=space,
             warn=lambda message: err_console.print(f"warning: {message}"),
-            crf=crf_params,
+            crf=inference.crf,
             skip_bad=skip_bad,
             backend=engine,
         )
     results["split"] = split
     suffix = "" if space == "perspective" else f"_{space}"
-    suffix += "_crf" if crf_params is not None else ""
+    suffix += "_crf" if inference.crf is not None else ""
     out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
@@ -388,6 +414,7 @@ def evaluate(
 
 
 @app.command()
+@inference_options(default_backend="auto")
 def predict(
     checkpoint: Annotated[
         Path, typer.Argument(help="A semseg checkpoint (.ckpt) or its ONNX export (.onnx).")
@@ -396,32 +423,20 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
-    crf: CrfFlag = False,
-    crf_iters: CrfIters = None,
-    crf_pos_sxy: CrfPosSxy = None,
-    crf_pos_w: CrfPosW = None,
-    crf_bi_sxy: CrfBiSxy = None,
-    crf_bi_srgb: CrfBiSrgb = None,
-    crf_bi_w: CrfBiW = None,
-    backend: BackendOpt = "auto",
-    precision: PrecisionOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile_: CompileOpt = False,
-    threads: ThreadsOpt = None,
-    recalibrate: RecalibrateOpt = False,
+    *,
+    inference: InferenceOptions,
 ) -> None:
     """Overlays, devkit-named road probabilities and label masks for images."""
     from semseg.io import read_rgb
     from semseg.prediction import collect_inputs, predict_files, readable_inputs
 
-    crf_params = crf_settings(
-        crf, crf_iters, crf_pos_sxy, crf_pos_w, crf_bi_sxy, crf_bi_srgb, crf_bi_w
-    )
     loaded = load_any_model(checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
+    options = inference.backend
     engine = choose_backend(
-        loaded, backend, precision, channels_last, compile_, threads, recalibrate,
-        image=read_rgb(paths[0]) if backend == "auto" else None,
+        loaded,
+        options,
+        image=read_rgb(paths[0]) if options.backend == "auto" else None,
         batch_size=min(batch_size, len(paths)),
     )
     with progress_bar() as bar:
@@ -432,7 +447,7 @@ def predict(
             out,
             batch_size,
             on_progress=lambda n: bar.advance(task, n),
-            crf=crf_params,
+            crf=inference.crf,
             backend=engine,
         )
     console.print(f"wrote {count} overlays, probabilities and labels to {out}")
@@ -447,10 +462,9 @@ def export_command(
 ) -> None:
     """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; verified)."""
     from semseg.inference.checkpoint import load_model
-    from semseg.inference.onnx_export import DEFAULT_OPSET, FORMATS, check_opset, export_onnx
+    from semseg.inference.onnx_export import DEFAULT_OPSET, check_format, check_opset, export_onnx
 
-    if format_ not in FORMATS:
-        raise SemsegError(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    check_format(format_)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     loaded = load_model(checkpoint)
     out = out or checkpoint.with_suffix(".onnx")
@@ -640,27 +654,47 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
     backend: Annotated[
-        str,
-        typer.Option(help="auto (fastest that matches fp32, timed once and cached), torch, "
-                     "or onnxruntime where semseg.inference offers it."),
-    ] = "auto",
+        Backend,
+        typer.Option(
+            case_sensitive=False,
+            help="auto (fastest that matches fp32, timed once and cached), torch, or onnxruntime.",
+        ),
+    ] = Backend.auto,
     max_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
     ] = 20 * 1024 * 1024,
     max_side: Annotated[
         int, typer.Option(min=1, help="Largest image width or height in pixels (larger: 413).")
     ] = 8192,
+    max_pixels: Annotated[
+        int,
+        typer.Option(min=1, help="Largest image in pixels, read from its header (larger: 413)."),
+    ] = 4_000_000,
     max_queue: Annotated[
         int, typer.Option(min=1, help="Requests in flight at once (more: 503, Retry-After).")
     ] = 16,
     batch_size: Annotated[int, typer.Option(min=1, help="Largest micro-batch of images.")] = 4,
+    body_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a client has to send its request body (then 408)."),
+    ] = 30.0,
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/segment, a page to try it at /, docs at /docs."""
     from semseg.serve import run_server
 
-    run_server(checkpoint, host=host, port=port, backend=backend, max_bytes=max_bytes,
-               max_side=max_side, max_queue=max_queue, batch_size=batch_size,
-               announce=lambda line: console.print(line, soft_wrap=True, highlight=False))
+    run_server(
+        checkpoint,
+        host=host,
+        port=port,
+        backend=BackendOptions(str(backend)),
+        max_bytes=max_bytes,
+        max_side=max_side,
+        max_pixels=max_pixels,
+        max_queue=max_queue,
+        batch_size=batch_size,
+        body_timeout=body_timeout,
+        announce=lambda line: console.print(line, soft_wrap=True, highlight=False),
+    )
 
 
 @app.command("models")

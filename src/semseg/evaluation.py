@@ -30,10 +30,10 @@ from semseg.data.datamodule import index_samples
 from semseg.data.layout import detect_kind
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
-from semseg.inference.backends import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor
+from semseg.inference.runtimes import InferenceBackend
 from semseg.metrics.kitti import KittiRoadEvaluator
 
 SCORE_COLUMNS = ("max_f", "ap", "precision", "recall", "fpr", "fnr", "best_threshold")
@@ -145,7 +145,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
 
-    ``backend``: what runs the model (:mod:`semseg.inference.backends`; default fp32 torch).
+    ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
 
     ``crf``: refine each image's probabilities with the fully connected CRF before scoring
     (:mod:`semseg.inference.crf`); its settings are recorded under ``"crf"`` in the results.
@@ -239,6 +239,12 @@ def read_chunk(
             continue
         kept.append(sample)
     return kept, pairs
+
+
+def check_model_fits_data(loaded: LoadedModel, data_config: DataConfig) -> None:
+    """Refuse a model whose classes cannot be scored on the data (KITTI road has 2)."""
+    if data_config.kind == "kitti" and loaded.num_classes != 2:
+        raise SemsegError(f"{loaded.path} predicts {loaded.num_classes} classes; KITTI road has 2")
 
 
 def data_config_for(data_root: Path, class_table: str | None, skip_bad: bool = False) -> DataConfig:

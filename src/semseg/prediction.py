@@ -16,10 +16,10 @@ import numpy as np
 
 from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
-from semseg.inference.backends import InferenceBackend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
 from semseg.inference.predictor import Predictor, confidence_levels
+from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.visualize import overlay
 from semseg.io import IMAGE_SUFFIXES, list_images, read_rgb, write_png_atomic
 
@@ -78,7 +78,7 @@ def predict_files(
     """Write the three outputs for each path; returns the number of images written.
 
     ``crf``: refine the probabilities with the fully connected CRF first (``--crf``).
-    ``backend``: what runs the model (:mod:`semseg.inference.backends`; default fp32 torch).
+    ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
     """
     predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
     written = 0

@@ -1,7 +1,14 @@
-"""Loading semseg checkpoints safely (``weights_only=True``) and rebuilding their model."""
+"""Loading semseg checkpoints safely (``weights_only=True``) and rebuilding their model.
+
+A checkpoint's metadata is not trusted: the input size and class count are bounded
+(:func:`check_model_description`), the model its options describe may not be larger than the
+weights the file holds (checked on torch's meta device, before anything is allocated), and
+weights that are not finite are refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +21,82 @@ from semseg.models import build_model
 from semseg.tasks.segmentation import INIT_ONLY_OPTIONS
 
 REQUIRED_HPARAMS = ("model_name", "num_classes", "input_size")
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_PIXELS = 16_000_000
+"""Largest input size (per side, and height x width) a model description may ask for."""
+MAX_CLASSES = 1024
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model_description(
+    path: str | Path, num_classes: object, input_size: object
+) -> tuple[int, tuple[int, int]]:
+    """The class count and ``(height, width)`` of a checkpoint or ONNX file, within bounds."""
+    try:
+        classes = int(num_classes)  # type: ignore[call-overload]
+        height, width = (int(v) for v in input_size)  # type: ignore[attr-defined]
+    except (TypeError, ValueError, OverflowError):
+        raise SemsegError(
+            f"{path}: num_classes / input_size are not numbers (input_size: [height, width])"
+        ) from None
+    if not 1 <= classes <= MAX_CLASSES:
+        raise SemsegError(f"{path}: num_classes {classes} is outside 1..{MAX_CLASSES}")
+    if not (1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE) or (
+        height * width > MAX_INPUT_PIXELS
+    ):
+        raise SemsegError(
+            f"{path}: input_size {height}x{width} is outside the bounds (1..{MAX_INPUT_SIDE} "
+            f"per side, at most {MAX_INPUT_PIXELS} pixels)"
+        )
+    return classes, (height, width)
+
+
+def check_positive_class(path: str | Path, positive: object, num_classes: int) -> int:
+    """The index of the road (positive) class, which must be one of the model's classes."""
+    try:
+        index = int(positive)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise SemsegError(f"{path}: positive_class {positive!r} is not a class index") from None
+    if not 0 <= index < num_classes:
+        raise SemsegError(f"{path}: positive_class {index} is outside 0..{num_classes - 1}")
+    return index
+
+
+def check_model_size(
+    path: Path, model_name: str, num_classes: int, options: dict, state: dict[str, Any]
+) -> None:
+    """Refuse options that would build a model larger than the weights in the file (a forged
+    width multiplier), counted on the meta device: nothing is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(model_name, num_classes, **options)
+    except SemsegError:
+        raise
+    except Exception as error:
+        name = type(error).__name__
+        raise SemsegError(f"{path}: cannot build model {model_name!r} ({name})") from error
+    wanted = sum(t.numel() for t in skeleton.parameters())
+    held = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    if wanted > held:
+        raise SemsegError(
+            f"{path}: its model options ask for {wanted} weights but the file holds {held}"
+        )
+
+
+def check_finite(path: Path, state: dict[str, Any]) -> None:
+    """Refuse weights holding NaN or infinity (the model would answer garbage)."""
+    for key, value in state.items():
+        floating = isinstance(value, torch.Tensor) and value.is_floating_point()
+        if floating and not bool(torch.isfinite(value).all()):
+            raise SemsegError(f"{path}: weight {key!r} holds NaN or infinite values")
 
 
 @dataclass
@@ -56,7 +139,9 @@ def load_model(
     """Rebuild the checkpoint's model in eval mode; refuse a class count or name that differs."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    num_classes = int(hparams["num_classes"])
+    num_classes, (height, width) = check_model_description(
+        path, hparams["num_classes"], hparams["input_size"]
+    )
     if expected_classes is not None and expected_classes != num_classes:
         raise SemsegError(
             f"{path} predicts {num_classes} classes but {expected_classes} are expected here"
@@ -69,25 +154,27 @@ def load_model(
         for key, value in dict(hparams.get("model_options") or {}).items()
         if key not in INIT_ONLY_OPTIONS
     }
-    model = build_model(model_name, num_classes, **options)
     state = {
         key.removeprefix("model."): value
         for key, value in checkpoint["state_dict"].items()
         if key.startswith("model.")
     }
+    path = Path(path)
+    check_finite(path, state)
+    check_model_size(path, model_name, num_classes, options, state)
+    model = build_model(model_name, num_classes, **options)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise SemsegError(f"{path}: weights do not fit model {model_name!r}") from error
     model.eval()
-    height, width = (int(v) for v in hparams["input_size"])
     names = list(hparams.get("class_names") or [f"class{i}" for i in range(num_classes)])
     return LoadedModel(
         model=model,
         model_name=model_name,
         num_classes=num_classes,
         input_size=(height, width),
-        positive_class=int(hparams.get("positive_class", 1)),
+        positive_class=check_positive_class(path, hparams.get("positive_class", 1), num_classes),
         class_names=names,
         path=Path(path),
     )

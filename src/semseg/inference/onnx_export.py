@@ -17,7 +17,6 @@ probability difference below :data:`VERIFY_TOLERANCE`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -30,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.checkpoint import (
+    LoadedModel,
+    check_model_description,
+    check_positive_class,
+    file_sha256,
+)
+from semseg.inference.runtimes import OnnxRuntimeBackend
 from semseg.io import first_line
 from semseg.models.base import SegmentationModel
 
@@ -78,17 +83,23 @@ class ExportWrapper(nn.Module):
         height, width = image.shape[-2], image.shape[-1]
         multiple = model.size_multiple
         x = (image - model.mean) / model.std
-        x = F.pad(x, (0, (multiple - width % multiple) % multiple,
-                      0, (multiple - height % multiple) % multiple))
+        x = F.pad(
+            x,
+            (
+                0,
+                (multiple - width % multiple) % multiple,
+                0,
+                (multiple - height % multiple) % multiple,
+            ),
+        )
         return model.forward_normalized(x)[:, :, :height, :width]
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def check_format(name: str) -> str:
+    """``--format``: one of :data:`FORMATS`."""
+    if name not in FORMATS:
+        raise SemsegError(f"--format must be one of {', '.join(FORMATS)}, got {name!r}")
+    return name
 
 
 def check_opset(opset: int) -> int:
@@ -196,9 +207,7 @@ def verify_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:
         raise SemsegError(f"the exported model fails onnx.checker: {first_line(error)}") from error
-    from semseg.inference.backends import OnnxRuntimeBackend
-
-    backend = OnnxRuntimeBackend(path)
+    backend = OnnxRuntimeBackend(path, num_classes=None)
     worst = 0.0
     generator = torch.Generator().manual_seed(1)
     for shape in shapes:
@@ -237,15 +246,16 @@ def load_onnx_model(path: str | Path) -> LoadedModel:
     """A :class:`LoadedModel` describing a semseg ONNX export (its ``model`` is None)."""
     meta = read_onnx_metadata(path)
     try:
-        num_classes = int(meta["num_classes"])
-        height, width = (int(v) for v in json.loads(meta["input_size"]))
+        num_classes, (height, width) = check_model_description(
+            path, meta["num_classes"], json.loads(meta["input_size"])
+        )
         names = [str(n) for n in json.loads(meta.get("class_names", "[]"))]
         return LoadedModel(
             model=None,  # type: ignore[arg-type]
             model_name=meta.get("model_name", "onnx"),
             num_classes=num_classes,
             input_size=(height, width),
-            positive_class=int(meta.get("positive_class", 1)),
+            positive_class=check_positive_class(path, meta.get("positive_class", 1), num_classes),
             class_names=names or [f"class{i}" for i in range(num_classes)],
             path=Path(path),
         )

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from semseg.data.transforms import image_to_tensor
-from semseg.inference.backends import InferenceBackend, make_backend
+from semseg.inference.autotune import make_backend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams, refine
+from semseg.inference.runtimes import InferenceBackend
 
 
 class Predictor:
@@ -36,7 +37,7 @@ class Predictor:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.model = None if loaded.model is None else loaded.model.to(self.device).eval()
-        # What runs the model (semseg.inference.backends): plain fp32 eager torch by default;
+        # What runs the model (semseg.inference.autotune): plain fp32 eager torch by default;
         # "torch", "onnxruntime" or "auto" by name, or a backend instance.
         self.engine = make_backend(loaded, backend, device)
         self.backend = self.engine.name
