@@ -199,9 +199,10 @@ class ImageCalibrationReader:
     to the model's input size exactly as :class:`Predictor` does.
 
     An ``onnxruntime.quantization.CalibrationDataReader`` (``get_next``, ``rewind``; that abstract
-    class recognises any class with ``get_next`` as its subclass, so importing ONNX Runtime's
-    quantization package is left to the quantizer) with the ``__len__`` / ``set_range`` pair with which the quantizer collects statistics a slice
-    at a time (``CalibStridedMinMax``), so only one image's activations are in memory at once.
+    class counts any class with ``get_next`` as its subclass, so ONNX Runtime's quantization
+    package is imported only by the quantizer), with the ``__len__`` / ``set_range`` pair through
+    which the quantizer collects statistics a slice at a time (``CalibStridedMinMax``): only one
+    image's activations are in memory at once.
     """
 
     def __init__(
