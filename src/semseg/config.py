@@ -70,6 +70,7 @@ class TrainConfig:
     loss: str = "ce"  # ce | ce_dice | ce_lovasz (cross-entropy plus soft Dice or Lovasz-softmax)
     loss_weight: float = 1.0  # weight of the Dice / Lovasz term
     grad_clip: float | None = None  # clip the gradient norm to this (Trainer gradient_clip_val)
+    fused_optimizer: bool | None = None  # Adam/AdamW's fused step; null: on, except 16-mixed
     seed: int = 0
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     channels_last: bool | None = None  # NHWC weights; null: on for bf16-mixed on the CPU
