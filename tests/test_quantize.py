@@ -45,15 +45,15 @@ MIN_AGREEMENT = 0.97  # of the pixels' labels, int8 against fp32, on the calibra
 STD = 0.3  # seeded score layers: probabilities vary, without a trained model's margins
 
 
-def tiny_checkpoint(path: Path) -> Path:
+def tiny_checkpoint(path: Path, class_names: tuple[str, ...] = ("not road", "road")) -> Path:
     """A width-0.125 FCN-8s whose zero-initialised score layers get seeded weights, so that its
     probabilities vary over the image (an untrained FCN answers 0.5 everywhere)."""
     torch.manual_seed(0)
     task = SegmentationTask(
         model_name="fcn8s",
-        num_classes=2,
+        num_classes=len(class_names),
         model_options={"width_mult": 0.125, "keep_prob": 1.0},
-        class_names=["not road", "road"],
+        class_names=list(class_names),
         input_size=list(INPUT_SIZE),
     )
     for layer in task.model.modules():
@@ -306,6 +306,41 @@ def test_quantize_checkpoint_chooses_a_calibration_by_quality(
     assert meta["calibration"] == result.chosen.method
     assert json.loads(meta["quality"])["metric"] == "MaxF"
     assert [p.name for p in out.parent.iterdir()] == ["model.int8.onnx"]  # no temp files left
+
+
+def test_multiclass_data_is_scored_by_miou_and_unlabelled_data_by_agreement(work: Path):
+    names = ("sky", "road", "car")
+    checkpoint = tiny_checkpoint(work / "three.ckpt", names)
+    folder = work / "three"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for index in range(4):
+        scene = generate_scene(20 + index, height=60, width=200)
+        mask = np.where(scene.road, 1, 0).astype(np.uint8)
+        mask[:10] = 0
+        mask[40:50, 20:60] = 2
+        Image.fromarray(scene.image).save(folder / "images" / f"s{index}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"s{index}.png")
+    loaded = load_model(checkpoint)
+    out = work / "three" / "three.int8.onnx"
+    result = quantize_checkpoint(
+        loaded, folder, out, images=2, eval_images=2, calibration="percentile", threads=1
+    )
+    comparison = result.chosen.comparison
+    assert comparison.metric == "mIoU" and 0.0 <= comparison.fp32_score <= 100.0
+    assert json.loads(read_onnx_metadata(out)["class_names"]) == list(names)
+    # a plain folder of images: no labels, so agreement and probability error only
+    plain = quantize_checkpoint(
+        loaded,
+        folder / "images",
+        work / "three" / "plain.int8.onnx",
+        images=2,
+        eval_images=2,
+        calibration="minmax",
+        threads=1,
+    )
+    assert plain.chosen.comparison.metric == "" and plain.chosen.comparison.fp32_score is None
+    assert plain.chosen.comparison.images == 2
 
 
 def test_cli_quantize_then_predict(work: Path, checkpoint: Path, kitti: Path):

@@ -473,6 +473,8 @@ def compare_models(
         error_sum += float(difference.mean()) * labels_fp32.size
         if images.masks is not None:
             mask, category = images.masks[index], images.categories[index]
+            if category in (None, "all"):  # a folder dataset's images: one group of their own
+                category = "images"
             positive = loaded.positive_class
             scores["f"].update(category, p_fp32[positive], labels_fp32, mask)
             scores["q"].update(category, p_int8[positive], labels_int8, mask)
