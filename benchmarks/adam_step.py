@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import platform
 import statistics
 import time
 from collections.abc import Sequence
 
 import torch
 
+from semseg.inference.backends import cpu_model
 from semseg.models import build_model
 from semseg.tasks.recipe import build_optimizer
 
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     count = sum(p.numel() for p in build_model("fcn8s", 2, width_mult=args.width).parameters())
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or ''}; "
+        f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}; "
         f"FCN-8s width {args.width}: {count / 1e6:.1f} M parameters; medians of "
         f"{args.repeats} steps after one warm-up, interleaved"
     )
