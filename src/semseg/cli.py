@@ -1,5 +1,5 @@
-"""The ``semseg`` command line: train, evaluate, predict, export, kitti-submission, bev, sweep,
-compare, demo, serve, models."""
+"""The ``semseg`` command line: train, evaluate, predict, export, quantize, kitti-submission, bev,
+sweep, compare, demo, serve, models."""
 
 from __future__ import annotations
 
@@ -439,6 +439,11 @@ def predict(
         image=read_rgb(paths[0]) if options.backend == "auto" else None,
         batch_size=min(batch_size, len(paths)),
     )
+    if getattr(engine, "metadata", {}).get("precision") == "int8":
+        from semseg.inference.quantize import vnni_warning
+
+        if warning := vnni_warning():
+            err_console.print(f"warning: {warning}")
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))
         count = predict_files(
@@ -456,7 +461,9 @@ def predict(
 @app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
-    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx, or onnx-optimized (onnxruntime's, this CPU).")
+    ] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file [CHECKPOINT.onnx].")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset [17].")] = None,
 ) -> None:
@@ -467,6 +474,17 @@ def export_command(
     check_format(format_)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     loaded = load_model(checkpoint)
+    if format_ == "onnx-optimized":
+        from semseg.inference.onnx_optimized import export_onnx_optimized
+
+        out = out or checkpoint.with_suffix(".optimized.onnx")
+        worst = export_onnx_optimized(loaded, out, opset)
+        console.print(
+            f"exported {checkpoint} to {out} (onnxruntime-optimized graph for this CPU and "
+            f"onnxruntime version; {out.stat().st_size / 1e6:.1f} MB; verified: max |dp| "
+            f"{worst:.1e} against torch)"
+        )
+        return
     out = out or checkpoint.with_suffix(".onnx")
     verification = export_onnx(loaded, out, opset=opset)
     size_mb = out.stat().st_size / 1e6
@@ -476,6 +494,102 @@ def export_command(
     )
     if verification is not None:
         console.print(f"verified: {verification.summary()}")
+
+
+@app.command("quantize")
+def quantize_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
+    data: Annotated[
+        Path, typer.Option(help="Calibration data: KITTI data_road, images/+masks/, or images.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Output file [CHECKPOINT.int8.onnx].")] = None,
+    images: Annotated[int, typer.Option(min=1, help="Calibration images.")] = 16,
+    eval_images: Annotated[
+        int, typer.Option(min=1, help="Other images of --data to compare int8 and fp32 on.")
+    ] = 16,
+    calibration: Annotated[
+        str, typer.Option(help="minmax, entropy, percentile, or auto (each; the closest to fp32).")
+    ] = "auto",
+    class_table: Annotated[
+        str | None, typer.Option(help="YAML class table for colour masks.")
+    ] = None,
+    fp32_node: Annotated[
+        list[str] | None, typer.Option("--fp32-node", help="ONNX node name to keep in fp32.")
+    ] = None,
+    keep_head: Annotated[
+        bool, typer.Option("--keep-head", help="Keep score layers and upsampling in fp32.")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime threads [torch's].")
+    ] = None,
+) -> None:
+    """Post-training static int8 quantization (onnxruntime, QDQ) calibrated on your images."""
+    from semseg.inference.checkpoint import load_model
+    from semseg.inference.quantize import quantize_checkpoint
+
+    loaded = load_model(checkpoint)
+    out = out or checkpoint.with_suffix(".int8.onnx")
+    result = quantize_checkpoint(
+        loaded,
+        data,
+        out,
+        images=images,
+        calibration=calibration,
+        eval_images=eval_images,
+        class_table=class_table,
+        fp32_nodes=fp32_node or (),
+        keep_head=keep_head,
+        threads=threads,
+        announce=lambda line: err_console.print(line),
+    )
+    table = Table(
+        title=f"int8 vs fp32 on {len(result.eval_images)} image(s) of {data}"
+        + ("" if result.held_out else " (the calibration images)")
+    )
+    for column in (
+        "calibration",
+        "metric",
+        "int8",
+        "fp32",
+        "diff",
+        "labels agree %",
+        "max |dp|",
+        "mean |dp|",
+        "s",
+    ):
+        table.add_column(column, justify="left" if column in ("calibration", "metric") else "right")
+    for trial in result.trials:
+        c = trial.comparison
+        name = trial.method + (" (chosen)" if trial is result.chosen else "")
+        if c is None:
+            table.add_row(name, trial.note, *[""] * 7)
+            continue
+        scores = (
+            [f"{c.int8_score:.2f}", f"{c.fp32_score:.2f}", f"{c.score_diff:+.2f}"]
+            if c.metric
+            else ["", "", ""]
+        )
+        table.add_row(
+            name,
+            c.metric or "-",
+            *scores,
+            f"{100 * c.label_agreement:.3f}",
+            f"{c.max_abs_prob_diff:.3g}",
+            f"{c.mean_abs_prob_diff:.2g}",
+            f"{trial.seconds:.0f}",
+        )
+    console.print(table)
+    size_mb = out.stat().st_size / 1e6
+    kept = (
+        f"; kept in fp32: {', '.join(result.chosen.fp32_nodes)}" if result.chosen.fp32_nodes else ""
+    )
+    console.print(
+        f"wrote {out} (int8, {result.chosen.method} calibration on "
+        f"{len(result.calibration_images)} image(s), {size_mb:.1f} MB{kept}; "
+        f"{result.seconds:.0f} s)"
+    )
+    if result.warning:
+        err_console.print(f"warning: {result.warning}")
 
 
 @app.command("kitti-submission")

@@ -313,6 +313,7 @@ def build_task(config: Config) -> SegmentationTask:
         loss_weight=config.train.loss_weight,
         max_time_s=config.train.max_time_s,
         input_size=[config.data.height, config.data.width],
+        fused_optimizer=config.train.fused_optimizer,
     )
 
 

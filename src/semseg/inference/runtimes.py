@@ -189,7 +189,8 @@ class OnnxRuntimeBackend(InferenceBackend):
             )
 
     def describe(self) -> str:
-        return f"onnxruntime fp32 ({self.threads} threads)"
+        precision = self.metadata.get("precision", "fp32")  # "int8": semseg quantize
+        return f"onnxruntime {precision} ({self.threads} threads)"
 
     def logits(self, batch: Tensor) -> Tensor:
         array = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())

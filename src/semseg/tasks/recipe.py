@@ -54,13 +54,25 @@ def lr_factor(
 
 
 def build_optimizer(
-    name: str, parameters: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+    name: str,
+    parameters: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """``adam`` (L2 decay as in the reference), ``adamw`` or ``sgd`` (momentum 0.9) over the
-    trainable ``(name, parameter)`` pairs; AdamW and SGD do not decay biases and norm weights."""
+    trainable ``(name, parameter)`` pairs; AdamW and SGD do not decay biases and norm weights.
+
+    ``fused``: Adam and AdamW update all parameters with torch's fused kernel instead of one
+    chain of elementwise operations per parameter (the same values, to float rounding; on a
+    2-core CPU the step over FCN-8s/VGG16's 134 M parameters is 5-19x faster, a whole training
+    step 1.4-1.75x: benchmarks/adam_step.py)."""
     trainable = [(n, p) for n, p in parameters if p.requires_grad]
+    implementation = {"fused": True} if fused else {}
     if name == "adam":
-        return torch.optim.Adam([p for _, p in trainable], lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(
+            [p for _, p in trainable], lr=lr, weight_decay=weight_decay, **implementation
+        )
     decay = [p for _, p in trainable if p.ndim >= 2]
     no_decay = [p for _, p in trainable if p.ndim < 2]
     groups = [
@@ -68,7 +80,7 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **implementation)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     raise SemsegError(f"unknown optimizer {name!r} (adam, adamw, sgd)")

@@ -56,6 +56,7 @@ class SegmentationTask(L.LightningModule):
         loss: str = TRAIN_DEFAULTS.loss,
         loss_weight: float = TRAIN_DEFAULTS.loss_weight,
         max_time_s: float | None = TRAIN_DEFAULTS.max_time_s,
+        fused_optimizer: bool | None = TRAIN_DEFAULTS.fused_optimizer,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -128,6 +129,17 @@ class SegmentationTask(L.LightningModule):
         for metric in (self.val_road, self.val_iou, self.val_acc):
             metric.reset()
 
+    def fused_optimizer(self) -> bool:
+        """``fused_optimizer``; None: fused on the CPU and CUDA except under 16-mixed (whose
+        gradient scaler cannot unscale for gradient clipping ahead of a fused step)."""
+        choice = self.hparams.get("fused_optimizer")
+        if choice is not None:
+            return bool(choice)
+        if any(p.device.type not in ("cpu", "cuda") for p in self.parameters()):
+            return False
+        trainer = self._trainer
+        return str(getattr(trainer, "precision", "32")) != "16-mixed"
+
     def configure_optimizers(self) -> Any:
         hparams = self.hparams
         optimizer = build_optimizer(
@@ -135,6 +147,7 @@ class SegmentationTask(L.LightningModule):
             self.named_parameters(),
             lr=hparams.lr,
             weight_decay=hparams.weight_decay,
+            fused=self.fused_optimizer(),
         )
         schedule = hparams.schedule
         warmup_epochs = float(hparams.warmup_epochs)
