@@ -51,11 +51,15 @@ def reset_outliers(
     initial: np.ndarray,
     min_iou: float = MIN_IOU,
 ) -> np.ndarray:
-    """Rule 2: each box whose segment has IoU < ``min_iou`` gets its initial labels back."""
+    """Rule 2: each box whose segment has IoU < ``min_iou`` gets its initial labels back.
+
+    Largest box first, each box's outcome drawn over its rectangle: a kept smaller box inside a
+    reset larger one keeps its predicted labels.
+    """
     result = labels.copy()
     for box in sorted(boxes, key=lambda b: -b.area):
-        if segment_iou(labels, box) < min_iou:
-            result[box.slices] = initial[box.slices]
+        source = initial if segment_iou(labels, box) < min_iou else labels
+        result[box.slices] = source[box.slices]
     return result
 
 
