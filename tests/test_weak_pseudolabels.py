@@ -188,3 +188,23 @@ def test_crf_refinement_snaps_the_box_to_the_object():
     refined = pseudolabels.refine_labels(image, labels, [loose], 2, background=0)
     assert iou(refined == 1, truth) > iou(labels == 1, truth) + 0.2
     assert (refined[outside(loose, labels.shape)] == 0).all()  # outside boxes unchanged
+
+
+def test_candidates_for_boxes_include_the_square():
+    from semseg.weak.segments import box_iou, candidates_for_boxes
+
+    image, truth = square_image()
+    pools = candidates_for_boxes(image, [LOOSE, Box(0, 0, 20, 20, 2)])
+    assert len(pools) == 2 and all(pools)
+    for candidate in pools[0]:
+        assert candidate.mask.shape == (LOOSE.height, LOOSE.width)
+    best = max(iou_in_box(c.mask, truth) for c in pools[0])
+    assert best >= 0.85
+    assert max(box_iou(LOOSE, c.tight) for c in pools[0]) > 0.7
+    assert candidates_for_boxes(image, []) == []
+
+
+def iou_in_box(mask: np.ndarray, truth: np.ndarray) -> float:
+    full = np.zeros(truth.shape, dtype=bool)
+    full[LOOSE.slices] = mask
+    return iou(full, truth)

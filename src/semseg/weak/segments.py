@@ -120,6 +120,16 @@ def _candidate(seg: Segmentation, crop: np.ndarray, segments: np.ndarray) -> Can
     return Candidate(np.isin(crop, segments), tight)
 
 
+def candidates_for_boxes(
+    image: np.ndarray, boxes: Sequence[Box], scales: Sequence[float] = DEFAULT_SCALES
+) -> list[list[Candidate]]:
+    """The candidates of every box of an image (BoxSup's pool; computed once per image)."""
+    if not boxes:
+        return []
+    segmentations = felzenszwalb_segmentations(image, scales)
+    return [box_candidates(segmentations, box) for box in boxes]
+
+
 def best_candidate(candidates: Sequence[Candidate], box: Box) -> Candidate | None:
     """The candidate whose tight box overlaps ``box`` most (IoU); the first of equals."""
     if not candidates:
@@ -134,6 +144,7 @@ __all__ = [
     "best_candidate",
     "box_candidates",
     "box_iou",
+    "candidates_for_boxes",
     "felzenszwalb_segmentations",
     "segmentation_of",
 ]
