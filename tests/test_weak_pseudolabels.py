@@ -208,3 +208,11 @@ def iou_in_box(mask: np.ndarray, truth: np.ndarray) -> float:
     full = np.zeros(truth.shape, dtype=bool)
     full[LOOSE.slices] = mask
     return iou(full, truth)
+
+
+def test_grabcut_on_a_shrunk_context_still_finds_the_square():
+    image, truth = square_image()
+    params = PseudoLabelParams(grabcut_max_side=50)  # the 92x92 context shrunk to 50x50
+    labels = pseudo_label(image, [LOOSE], "grabcut", background=0, params=params)
+    assert iou(labels == 1, truth) >= 0.9
+    assert (labels[outside(LOOSE, labels.shape)] == 0).all()

@@ -18,8 +18,8 @@ Boxes are drawn largest first, smaller boxes on top: a box's class and ignored p
 what larger boxes drew, its background pixels do not. Pixels outside every box are the class
 table's background class where it has one (KITTI's "not road") and ignored (255) where it has none
 (CamVid). GrabCut sees the box with a margin of context around it (half the box's size on each
-side, within the image), shrunk to at most 400 pixels on its longer side; a box with no context
-(the whole image) or an empty GrabCut result falls back to the filled box. ``refine_labels``
+side, within the image) at full resolution unless ``grabcut_max_side`` shrinks it; a box with no
+context (the whole image) or an empty GrabCut result falls back to the filled box. ``refine_labels``
 optionally refines the result with the dense CRF of :mod:`semseg.inference.crf`.
 """
 
@@ -55,7 +55,7 @@ class PseudoLabelParams:
     inner_fraction: float = 0.2  # box-i: share of the box's area that is the class
     grabcut_iterations: int = 5
     grabcut_margin: float = 0.5  # context around the box for GrabCut, in box sizes per side
-    grabcut_max_side: int | None = 400  # GrabCut runs on the context shrunk to this size
+    grabcut_max_side: int | None = None  # GrabCut on the context shrunk to this size (speed)
     jitter_runs: int = 10  # grabcut-i: GrabCut runs (the first on the box itself)
     jitter: float = 0.05  # grabcut-i: each edge moves by up to this share of the box's size
     agree_class: float = 0.7  # grabcut-i: share of runs at or above which a pixel is the class
@@ -110,14 +110,15 @@ def grabcut_foreground(
     rect: Box,
     iterations: int = 5,
     margin: float = 0.5,
-    max_side: int | None = 400,
+    max_side: int | None = None,
 ) -> np.ndarray | None:
     """GrabCut's foreground ``(H, W)`` bool from ``rect``, or None when it cannot run.
 
-    GrabCut works on ``rect`` plus ``margin`` box sizes of context per side, shrunk so that its
-    longer side is at most ``max_side`` pixels (GrabCut's time grows with the pixels; the mask
-    is scaled back with nearest-neighbour). It cannot run when the context leaves no pixel
-    outside the rectangle (the background model needs some).
+    GrabCut works on ``rect`` plus ``margin`` box sizes of context per side, optionally shrunk
+    so that its longer side is at most ``max_side`` pixels (GrabCut's time grows with the
+    pixels; the mask is scaled back with nearest-neighbour; on KITTI's road boxes shrinking to
+    400 pixels made GrabCut fail on some images). It cannot run when the context leaves no
+    pixel outside the rectangle (the background model needs some).
     """
     cv2 = load_cv2()
     height, width = image.shape[:2]
