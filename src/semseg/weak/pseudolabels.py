@@ -220,7 +220,8 @@ def candidates_map(segmentations: Sequence[Segmentation], box: Box) -> np.ndarra
 def m_and_g_map(
     image: np.ndarray, segmentations: Sequence[Segmentation], box: Box, params: PseudoLabelParams
 ) -> np.ndarray:
-    """``m-and-g``: the class where candidate and GrabCut agree, the rest of the box ignored."""
+    """``m-and-g``: the class where candidate and GrabCut agree, the rest of the box ignored
+    (GrabCut's class alone where they share no pixel)."""
     grabcut = grabcut_map(image, box, params) == CLASS
     agree = grabcut & candidate_mask(segmentations, box)
     if not agree.any():
