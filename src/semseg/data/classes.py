@@ -11,7 +11,9 @@ The list order is the order of the mask values of index masks: the entry at posi
 what a mask pixel of value ``p`` means. Entries not marked ``ignore`` become the training classes
 ``0 .. K-1`` in list order (ignored entries are skipped when counting); entries marked ``ignore``
 map to the ignore index 255, whether the masks hold indices or colours. A mask value of 255 is
-always ignored. Names and colours must not repeat.
+always ignored. Names and colours must not repeat. One training class may be marked
+``background: true`` (KITTI's "not road"): box supervision (:mod:`semseg.weak`) gives it no boxes
+and gives it the pixels outside every box.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ClassTable:
     ignore_colours: np.ndarray  # (M, 3) uint8
     index_lut: np.ndarray  # (256,) int16: mask value -> training id, 255 or -1
     source: str = "class table"
+    background: int | None = None  # training id of the class marked ``background: true``
 
     @property
     def num_classes(self) -> int:
@@ -99,8 +102,16 @@ def class_table_from_entries(entries: object, source: str = "class table") -> Cl
     lut[IGNORE_INDEX] = IGNORE_INDEX
     seen_names: set[str] = set()
     seen_colours: set[tuple[int, ...]] = set()
+    background: int | None = None
     for position, entry in enumerate(entries):
         name, colour, ignored = _parse_entry(entry, position, source)
+        if _is_background(entry, source):
+            if ignored or background is not None:
+                raise SemsegError(
+                    f"class table {source}: {name!r} cannot be the background class "
+                    "(at most one, and not an ignored entry)"
+                )
+            background = len(names)
         if name in seen_names:
             raise SemsegError(f"class table {source}: class name {name!r} appears twice")
         if tuple(colour) in seen_colours:
@@ -122,7 +133,16 @@ def class_table_from_entries(entries: object, source: str = "class table") -> Cl
         ignore_colours=np.array(ignore, dtype=np.uint8).reshape(-1, 3),
         index_lut=lut,
         source=source,
+        background=background,
     )
+
+
+def _is_background(entry: object, source: str) -> bool:
+    """Whether a table entry is marked ``background: true``."""
+    value = entry.get("background", False) if isinstance(entry, dict) else False
+    if not isinstance(value, bool):
+        raise SemsegError(f"class table {source}: bad entry {entry!r} (background: true|false)")
+    return value
 
 
 def _parse_entry(entry: object, position: int, source: str) -> tuple[str, list[int], bool]:
