@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from semseg.errors import SemsegError
-from semseg.models import build_model
+from semseg.models import build_model, list_models, model_options
 from semseg.tasks.segmentation import INIT_ONLY_OPTIONS
 
 REQUIRED_HPARAMS = ("model_name", "num_classes", "input_size")
@@ -149,10 +149,13 @@ def load_model(
     model_name = str(hparams["model_name"])
     if expected_model is not None and expected_model != model_name:
         raise SemsegError(f"{path} holds model {model_name!r}, not {expected_model!r}")
+    # Checkpoints of earlier releases saved every option for every model, also those a model
+    # ignored (SegNet's keep_prob): rebuild with the options the model takes.
+    takes = model_options(model_name) if model_name in list_models() else None
     options = {
         key: value
         for key, value in dict(hparams.get("model_options") or {}).items()
-        if key not in INIT_ONLY_OPTIONS
+        if key not in INIT_ONLY_OPTIONS and (takes is None or key in takes)
     }
     state = {
         key.removeprefix("model."): value
