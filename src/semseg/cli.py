@@ -317,14 +317,6 @@ def choose_backend(loaded, options, image=None, batch_size=1):
     return engine
 
 
-def first_readable(reader, samples):
-    """The first sample's image, for --backend auto's calibration (None if it cannot be read)."""
-    try:
-        return reader(samples[0])[0] if samples else None
-    except Exception:
-        return None
-
-
 class Split(StrEnum):
     all = "all"
     val = "val"
@@ -361,53 +353,31 @@ def evaluate(
     """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution.
 
     The model runs in plain fp32 eager torch unless --backend / --precision say otherwise."""
-    from semseg.data.datamodule import make_reader
-    from semseg.evaluation import (
-        check_model_fits_data,
-        data_config_for,
-        evaluate_samples,
-        labelled_samples,
-        val_split_names,
-    )
-    from semseg.inference.checkpoint import load_model
-    from semseg.io import write_json_atomic
+    from semseg.evaluation import evaluate_checkpoint
+    from semseg.io import check_output_file, write_json_atomic
 
     split, space = Split(split).value, Space(space).value
-    loaded = load_model(checkpoint)
-    samples = labelled_samples(data, skip_bad=skip_bad)
-    if split == "val":
-        names = set(val_split_names(checkpoint))
-        samples = [s for s in samples if s.name in names]
-        if not samples:
-            raise SemsegError(f"none of the run's validation images are in {data}")
-    data_config = data_config_for(data, class_table)
-    check_model_fits_data(loaded, data_config)
-    reader = make_reader(data_config, loaded.num_classes)
-    options = inference.backend
-    engine = choose_backend(
-        loaded,
-        options,
-        image=first_readable(reader, samples) if options.backend == "auto" else None,
-        batch_size=batch_size,
-    )
-    with progress_bar() as bar:
-        task = bar.add_task("evaluating", total=len(samples))
-        results = evaluate_samples(
-            loaded,
-            samples,
-            reader,
-            batch_size,
-            on_progress=lambda n: bar.advance(task, n),
-            space=space,
-            warn=lambda message: err_console.print(f"warning: {message}"),
-            crf=inference.crf,
-            skip_bad=skip_bad,
-            backend=engine,
-        )
-    results["split"] = split
     suffix = "" if space == "perspective" else f"_{space}"
     suffix += "_crf" if inference.crf is not None else ""
     out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
+    check_output_file(out, "--out")  # before any image is scored
+    with progress_bar() as bar:
+        task = bar.add_task("evaluating", total=None)
+        results = evaluate_checkpoint(
+            checkpoint,
+            data,
+            split=split,
+            space=space,
+            batch_size=batch_size,
+            class_table=class_table,
+            skip_bad=skip_bad,
+            crf=inference.crf,
+            backend=inference.backend,
+            on_total=lambda total: bar.update(task, total=total),
+            on_progress=lambda n: bar.advance(task, n),
+            warn=lambda message: err_console.print(f"warning: {message}"),
+            announce=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
     console.print(f"results: {out}")
@@ -427,9 +397,10 @@ def predict(
     inference: InferenceOptions,
 ) -> None:
     """Overlays, devkit-named road probabilities and label masks for images."""
-    from semseg.io import read_rgb
+    from semseg.io import check_output_dir, read_rgb
     from semseg.prediction import collect_inputs, predict_files, readable_inputs
 
+    check_output_dir(out, "--out")  # before any image is predicted
     loaded = load_any_model(checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
     options = inference.backend
@@ -604,8 +575,10 @@ def kitti_submission(
 ) -> None:
     """BEV road confidences of testing/image_2, named and zipped for the KITTI road benchmark."""
     from semseg.inference.checkpoint import load_model
+    from semseg.io import check_output_dir
     from semseg.submission import submission_inputs, write_submission
 
+    check_output_dir(out, "--out")
     loaded = load_model(checkpoint)
     if loaded.num_classes != 2:
         raise SemsegError(f"{checkpoint} predicts {loaded.num_classes} classes; KITTI road has 2")

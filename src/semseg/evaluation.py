@@ -30,8 +30,9 @@ from semseg.data.datamodule import index_samples
 from semseg.data.layout import detect_kind
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel
+from semseg.inference.checkpoint import LoadedModel, load_model
 from semseg.inference.crf import CRFParams
+from semseg.inference.options import BackendOptions
 from semseg.inference.predictor import Predictor
 from semseg.inference.runtimes import InferenceBackend
 from semseg.metrics.kitti import KittiRoadEvaluator
@@ -252,3 +253,68 @@ def data_config_for(data_root: Path, class_table: str | None, skip_bad: bool = F
     return DataConfig(
         kind=detect_kind(data_root), root=str(data_root), class_table=class_table, skip_bad=skip_bad
     )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    split: str = "all",
+    space: str = "perspective",
+    batch_size: int = 4,
+    class_table: str | None = None,
+    skip_bad: bool = False,
+    crf: CRFParams | None = None,
+    backend: BackendOptions | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score ``checkpoint`` on the labelled images of ``data`` (``split``: ``all``, or ``val``,
+    the validation images of the checkpoint's run). ``backend``: default plain fp32 eager torch."""
+    from semseg.data.datamodule import make_reader
+    from semseg.inference.autotune import choose_backend
+
+    checkpoint, data = Path(checkpoint), Path(data)
+    loaded = load_model(checkpoint)
+    samples = labelled_samples(data, skip_bad=skip_bad)
+    if split == "val":
+        names = set(val_split_names(checkpoint))
+        samples = [s for s in samples if s.name in names]
+        if not samples:
+            raise SemsegError(f"none of the run's validation images are in {data}")
+    data_config = data_config_for(data, class_table)
+    check_model_fits_data(loaded, data_config)
+    reader = make_reader(data_config, loaded.num_classes)
+    options = backend or BackendOptions(backend="torch")
+    image = first_readable_image(reader, samples) if options.backend == "auto" else None
+    if on_total is not None:
+        on_total(len(samples))
+    engine, choice = choose_backend(
+        loaded, options, image=image, batch_size=batch_size, announce=announce
+    )
+    if announce is not None:
+        announce(choice.line(engine))
+    results = evaluate_samples(
+        loaded,
+        samples,
+        reader,
+        batch_size,
+        on_progress=on_progress,
+        space=space,
+        warn=warn,
+        crf=crf,
+        skip_bad=skip_bad,
+        backend=engine,
+    )
+    results["split"] = split
+    return results
+
+
+def first_readable_image(reader: Callable, samples: Sequence[Sample]) -> np.ndarray | None:
+    """The first sample's image, for ``--backend auto``'s calibration (None if unreadable)."""
+    try:
+        return reader(samples[0])[0] if samples else None
+    except Exception:
+        return None

@@ -132,3 +132,35 @@ def list_images(folder: str | Path) -> list[Path]:
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before the work that fills it starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise SemsegError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise SemsegError(f"{flag} {path} exists and is not a regular file")
+    check_writable_parent(path, flag)
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """Refuse an output folder that is a file or cannot be created or written, up front."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SemsegError(f"{flag} {path} exists and is not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SemsegError(f"{flag} {path} is not writable")
+        return
+    check_writable_parent(path, flag)
+
+
+def check_writable_parent(path: Path, flag: str) -> None:
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SemsegError(f"{flag} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SemsegError(f"{flag} {path}: {ancestor} is not writable")
