@@ -26,15 +26,17 @@ from semseg.errors import SemsegError
 from semseg.evaluation import evaluate_samples, labelled_samples
 from semseg.inference.checkpoint import load_model
 from semseg.inference.onnx_export import export_onnx, load_onnx_model, read_onnx_metadata
-from semseg.inference.quantize import (
+from semseg.inference.calibration_data import (
     ImageCalibrationReader,
     ImageSet,
+    split_calibration,
+    spread,
+)
+from semseg.inference.quantize import (
     compare_models,
     int8_parity_ok,
     quantize_checkpoint,
     quantize_onnx,
-    split_calibration,
-    spread,
     vnni_warning,
 )
 from semseg.inference.runtimes import OnnxRuntimeBackend
