@@ -24,14 +24,14 @@ from semseg.data.synthetic import generate_scene, write_kitti_layout
 from semseg.data.transforms import image_to_tensor
 from semseg.errors import SemsegError
 from semseg.evaluation import evaluate_samples, labelled_samples
-from semseg.inference.checkpoint import load_model
-from semseg.inference.onnx_export import export_onnx, load_onnx_model, read_onnx_metadata
 from semseg.inference.calibration_data import (
     ImageCalibrationReader,
     ImageSet,
     split_calibration,
     spread,
 )
+from semseg.inference.checkpoint import load_model
+from semseg.inference.onnx_export import export_onnx, load_onnx_model, read_onnx_metadata
 from semseg.inference.quantize import (
     compare_models,
     int8_parity_ok,
