@@ -59,14 +59,19 @@ def test_every_module_imports_in_a_clean_interpreter():
 
 
 def declared_distributions() -> set[str]:
+    """Every distribution pyproject declares, in the base dependencies or an extra (a module of
+    an extra refuses politely without it: see the clean-interpreter test above)."""
     meta = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(meta["dependencies"])
+    for extra in meta["optional-dependencies"].values():
+        requirements += extra
     return {
         re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0].lower().replace("_", "-")
-        for r in meta["dependencies"]
+        for r in requirements
     }
 
 
-def test_top_level_imports_are_declared_base_dependencies():
+def test_top_level_imports_are_declared_dependencies():
     from importlib.metadata import packages_distributions
 
     base = declared_distributions()
@@ -90,3 +95,46 @@ def test_top_level_imports_are_declared_base_dependencies():
                 if not dists & base:
                     undeclared.append(f"{path.relative_to(PROJECT_ROOT)}: {top}")
     assert not undeclared, undeclared
+
+
+def module_level_imports() -> dict[str, set[str]]:
+    """semseg module -> the semseg modules it imports at module level (the ones that can cycle)."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        targets = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            targets |= {n for n in names if n.startswith("semseg")}
+        graph[name] = targets
+    return {
+        name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()
+    }
+
+
+def test_no_import_cycle_between_modules():
+    graph = module_level_imports()
+    for name in graph:  # a package importing its own submodules is not a cycle
+        graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append(stack[stack.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles[:5]
