@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,10 +36,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import KITTI_DATA, ROOT, machine_summary, number
 from lightning.pytorch.callbacks import Callback
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+DEFAULT_DATA = KITTI_DATA
 MODELS = ("fcn8s", "segnet", "deeplab-largefov", "dilation8-frontend", "dilation8-context")
 
 
@@ -190,14 +189,6 @@ def completed_epochs(metrics_csv: Path) -> int | None:
     return len(rows)
 
 
-def fmt(value: float | int | None, digits: int) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}f}"
-
-
 def params_m(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
 
@@ -214,20 +205,15 @@ def format_table(
     lines = [header, "|" + "---|" * 8]
     for r in results:
         lines.append(
-            f"| {r.model} | {fmt(r.max_f, 2)} | {fmt(r.iou, 2)} | {fmt(r.epochs, 0)} "
+            f"| {r.model} | {number(r.max_f, 2)} | {number(r.iou, 2)} | {number(r.epochs, 0)} "
             f"| {params_m(r.params_full)} | {params_m(r.params_trained)} "
-            f"| {fmt(r.infer_seconds, 2)} | {fmt(r.load, 1)} |"
+            f"| {number(r.infer_seconds, 2)} | {number(r.load, 1)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def describe_machine() -> str:
-    from semseg.inference.machine import cpu_model
-
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
+    return machine_summary(f"{torch.get_num_threads()} torch threads")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -286,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, *infer_size, args.repeats, infer_width, clock=clock
         )
         print(
-            f"   MaxF {fmt(result.max_f, 2)}  IoU {fmt(result.iou, 2)}  epochs {result.epochs}"
+            f"   MaxF {number(result.max_f, 2)}  IoU {number(result.iou, 2)}"
+            f"  epochs {result.epochs}"
             f"  infer {result.infer_seconds:.2f} s  ({result.run_dir})",
             flush=True,
         )

@@ -60,10 +60,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import KITTI_DATA, ROOT
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+DEFAULT_DATA = KITTI_DATA
 
 
 def display_path(path: Path) -> str:

@@ -51,9 +51,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import KITTI_DATA, ROOT, machine_summary, number
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+DEFAULT_DATA = KITTI_DATA
 SMP_UNET = "smp-unet-resnet18"
 ENCODERS = ("vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 # The grid: the reference recipe's baseline, every FCN variant x encoder on the fast recipe, and
@@ -359,7 +359,7 @@ def run_in_children(todo: Sequence[Planned], args: argparse.Namespace, folder: P
             log.close()
             running.remove(entry)
             result = load_result(folder / f"{item.name}.json")
-            state = "failed" if result is None else f"MaxF {fmt(result.max_f)}"
+            state = "failed" if result is None else f"MaxF {number(result.max_f, 1)}"
             print(f"   {item.label}: {state} (exit {process.returncode})", flush=True)
 
 
@@ -367,7 +367,7 @@ def announce(item: Planned, args: argparse.Namespace) -> Result:
     print(f"== {item.label}: training for {args.budget_s:.0f} s", flush=True)
     result = train_entry(item.label, item.config, item.params_of, item.name)
     print(
-        f"   MaxF {fmt(result.max_f)}  AP {fmt(result.ap)}  epochs {result.epochs}  "
+        f"   MaxF {number(result.max_f, 1)}  AP {number(result.ap, 1)}  epochs {result.epochs}  "
         f"steps {result.steps}  ({result.run_dir})",
         flush=True,
     )
@@ -382,10 +382,6 @@ def smp_available() -> bool:
     return True
 
 
-def fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def format_table(results: Sequence[Result]) -> str:
     lines = [
         "| entry | val MaxF % | val AP % | val IoU % | epochs (best) | steps | run wall s "
@@ -395,7 +391,7 @@ def format_table(results: Sequence[Result]) -> str:
     for r in results:
         params = f"{r.params / 1e6:.1f}M"
         lines.append(
-            f"| {r.entry} | {fmt(r.max_f)} | {fmt(r.ap)} | {fmt(r.iou)} "
+            f"| {r.entry} | {number(r.max_f, 1)} | {number(r.ap, 1)} | {number(r.iou, 1)} "
             f"| {r.epochs} ({r.best_epoch}) | {r.steps} | {r.train_seconds:.0f} "
             f"| {r.cpu_seconds:.0f} | {params} |"
         )
@@ -403,13 +399,8 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def describe_machine(threads: int) -> str:
-    from semseg.inference.machine import cpu_model
-
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores ({threads} torch threads per entry, load "
-        f"{load:.1f} at the end), torch {torch.__version__}"
-    )
+    return machine_summary(f"{threads} torch threads per entry, load {load:.1f} at the end")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

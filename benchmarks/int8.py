@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import KITTI_DATA
 
 from semseg.data.synthetic import generate_scene
 from semseg.data.transforms import image_to_tensor
@@ -52,8 +53,7 @@ from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 from semseg.io import list_images, read_rgb
 from semseg.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+DEFAULT_DATA = KITTI_DATA
 HEIGHT, WIDTH = 160, 576
 MODELS = {
     "vgg16": ("FCN-8s / VGG16", {}),

@@ -16,6 +16,7 @@ from semseg.config import Config, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KITTI_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "kitti_road"
+CAMVID_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
 needs_kitti = pytest.mark.skipif(
     not (KITTI_ROOT / "training" / "image_2").is_dir(), reason="../shared/data/kitti_road absent"
 )
@@ -69,7 +70,44 @@ def load_benchmark(name: str) -> ModuleType:
         f"{name}_benchmark", PROJECT_ROOT / "benchmarks" / f"{name}.py"
     )
     assert spec is not None and spec.loader is not None
+    benchmarks = str(PROJECT_ROOT / "benchmarks")
+    if benchmarks not in sys.path:  # the scripts import their shared benchmarks/_common.py
+        sys.path.insert(0, benchmarks)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module's tests: on a small shared CPU, OpenMP threads contending
+    with other processes make tiny forwards 10-100x slower than a single thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess | str, *fragments: str, only_line: bool = True
+) -> str:
+    """A user error as the CLI reports it: exit non-zero (for a process), no traceback, one
+    ``semseg: error:`` line holding every fragment (``only_line``: and nothing else on stderr;
+    otherwise warnings may come before it). Returns the error line."""
+    if isinstance(result, str):
+        stderr = result
+    else:
+        assert result.returncode != 0, result.stdout
+        stderr = result.stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("semseg: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    if only_line:
+        assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

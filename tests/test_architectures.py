@@ -42,13 +42,7 @@ ARCHITECTURES = ("segnet", "deeplab-largefov", "dilation8-frontend", "dilation8-
 SMALL = 0.125
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: tiny forwards on a shared 2-core CPU are faster without contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def n_params(module: nn.Module) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import KITTI_ROOT, assert_one_line_error
 from PIL import Image
 from torch import nn
 
@@ -56,7 +57,6 @@ from semseg.evaluation import SpaceScores
 from semseg.io import read_rgb
 from semseg.metrics.kitti import decode_kitti_gt
 
-KITTI_ROOT = Path(__file__).resolve().parents[2] / "shared/data/kitti_road"
 LAYOUT_SIZE = (94, 310)  # (height, width) of the tiny synthetic KITTI layout
 
 
@@ -195,16 +195,6 @@ def run_semseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, env=env
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("semseg: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CAMVID_ROOT
 from PIL import Image
 
 from semseg.data.classes import (
@@ -23,7 +24,7 @@ from semseg.data.folder import (
 from semseg.data.multiclass import class_table_for, detect_kind, sample_reader, train_val_samples
 from semseg.errors import SemsegError
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+CAMVID = CAMVID_ROOT
 needs_camvid = pytest.mark.skipif(
     not (CAMVID / "train" / "masks").is_dir(), reason="../shared/data/camvid absent"
 )

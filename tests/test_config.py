@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 from semseg.config import (
     Config,
@@ -297,13 +298,6 @@ def test_train_refuses_a_bad_value_in_a_fresh_process(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "train.lr")
     assert not runs.exists()
-
-
-def assert_one_line_error(stderr: str, fragment: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("semseg: error: "), stderr
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

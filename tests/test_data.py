@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import KITTI_ROOT
 from PIL import Image
 
 from semseg.config import Config, DataConfig
@@ -29,16 +30,10 @@ from semseg.data.transforms import apply, build_transforms
 from semseg.errors import SemsegError
 
 ROAD, NOT_ROAD, OUTSIDE, ROAD_OUTSIDE = (255, 0, 255), (255, 0, 0), (0, 0, 0), (0, 0, 255)
-REAL_KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_road"
+REAL_KITTI = KITTI_ROOT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: thread contention on a small shared CPU slows tiny ops a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

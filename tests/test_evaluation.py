@@ -34,13 +34,7 @@ IMAGES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: thread contention on a small shared CPU slows tiny ops a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def box_blur(x: np.ndarray, radius: int) -> np.ndarray:

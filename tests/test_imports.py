@@ -66,8 +66,7 @@ def declared_distributions() -> set[str]:
     for extra in meta["optional-dependencies"].values():
         requirements += extra
     return {
-        re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0].lower().replace("_", "-")
-        for r in requirements
+        re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements
     }
 
 

@@ -30,14 +30,7 @@ MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-seed")
 SMALL = 0.125  # width multiplier of the fast models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads contending with other
-    processes make these tiny forwards 10-100x slower than a single thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def n_params(module: nn.Module) -> int:

@@ -12,12 +12,7 @@ CAMVID_CLASSES = 11
 SMALL = 0.125  # width multiplier: the shapes are what is tested, not the capacity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name", list_models())

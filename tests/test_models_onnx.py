@@ -25,12 +25,7 @@ EXPORT_SIZE = (32, 48)
 CHECK_SHAPES = ((2, 3, 40, 56), (1, 3, 64, 96), (1, 3, 33, 71))  # none of them the export size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def informative(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 from semseg.errors import SemsegError
 from semseg.io import check_output_dir, check_output_file
@@ -28,19 +28,11 @@ def test_output_dir_checks(tmp_path: Path):
         check_output_dir(tmp_path / "file", "--out")
 
 
-def one_line_error(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0
-    assert lines and lines[-1].startswith("semseg: error:"), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    return lines[-1]
-
-
 def test_evaluate_refuses_a_folder_as_out_before_scoring(tiny_run: Path, tmp_path: Path):
     checkpoint = tiny_run / "checkpoints" / "best.ckpt"
     data = tiny_run / "data"
     result = run_cli("evaluate", str(checkpoint), "--data", str(data), "--out", str(tmp_path))
-    assert "is a folder" in one_line_error(result)
+    assert "is a folder" in assert_one_line_error(result)
     assert "evaluating" not in result.stdout  # refused before the first image
     assert list(tmp_path.iterdir()) == []
 
@@ -51,7 +43,7 @@ def test_predict_refuses_a_file_as_out_and_writes_nothing(tiny_run: Path, tmp_pa
     target = tmp_path / "predictions"
     target.write_text("not a folder")
     result = run_cli("predict", str(checkpoint), str(images), "--out", str(target))
-    assert "not a folder" in one_line_error(result)
+    assert "not a folder" in assert_one_line_error(result)
     assert target.read_text() == "not a folder"
 
 

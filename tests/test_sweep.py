@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
 import semseg.training
@@ -47,16 +48,6 @@ def semseg_cli(*args: str) -> subprocess.CompletedProcess:
     assert executable, "the semseg console script is installed with the package"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([executable, *args], capture_output=True, text=True, timeout=120, env=env)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("semseg: error:"), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

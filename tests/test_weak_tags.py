@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CAMVID_ROOT
 
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
@@ -28,7 +29,7 @@ from semseg.weak.tags import (
 )
 
 NAMES = ["sky", "road", "car"]
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+CAMVID = CAMVID_ROOT
 
 
 def hand_mask() -> np.ndarray:

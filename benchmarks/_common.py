@@ -1,0 +1,33 @@
+"""What the benchmark scripts share: where the project and the KITTI data are, how numbers are
+written in the tables, and the one-line description of the machine that goes with every number."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KITTI_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+MISSING = "–"
+
+
+def number(value: float | int | None, digits: int) -> str:
+    """A table cell: ``–`` for a missing value, integers with thousands separators."""
+    if value is None:
+        return MISSING
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def machine_summary(threads: str) -> str:
+    """CPU model, cores, ``threads`` (how the run used them), torch and Python versions."""
+    import torch
+
+    from semseg.inference.machine import cpu_model
+
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores ({threads}), torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
