@@ -506,7 +506,7 @@ def test_every_command_uses_the_same_kind_rule(tmp_path: Path) -> None:
     """train (--data), sweep (--data) and evaluate pick the kind by one rule."""
     from semseg.cli import build_train_config
     from semseg.evaluation import data_config_for
-    from semseg.experiments import base_config
+    from semseg.experiments.plan import base_config
 
     root = make_folder(tmp_path / "split" / "train", {"a": np.zeros((12, 16), np.uint8)}).parent
     kinds = {
