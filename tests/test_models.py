@@ -31,6 +31,9 @@ SMALL = 0.125  # width multiplier of the fast models
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+# The package's own models, listed at collection: benchmark scripts that tests load register
+# peers of their own (smp-unet-resnet18 needs the bench extra).
+PACKAGE_MODELS = list_models()
 
 
 def n_params(module: nn.Module) -> int:
@@ -369,7 +372,7 @@ def test_an_option_a_model_cannot_honour_is_refused(
 def test_none_options_are_dropped_and_the_model_default_applies() -> None:
     nothing = dict.fromkeys(SHARED)
     nothing["width_mult"] = SMALL
-    for name in list_models():
+    for name in PACKAGE_MODELS:
         build_model(name, 2, **nothing)
     dropouts = [
         m for m in build_model("fcn8s", 2, **nothing).modules() if isinstance(m, nn.Dropout)
@@ -405,7 +408,7 @@ def test_not_asked_values_include_the_training_configuration_defaults() -> None:
     for option, value in defaults.items():
         assert value in NOT_ASKED[option], option
     with torch.device("meta"):
-        for name in list_models():
+        for name in PACKAGE_MODELS:
             build_model(name, 2, **defaults)
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import read_checkpoint
+from semseg.io import TEMP_PREFIX
 from semseg.runs import RunDir, is_loadable
 from semseg.training import AtomicCheckpointIO, build_trainer, train
 
@@ -111,7 +112,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_old_checkpoint(tmp_path: Pa
     writer.wait()
     assert run.last.read_bytes() == old and is_loadable(run.last)
     leaked = [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
-    assert len(leaked) == 1 and leaked[0].name.startswith(".last.ckpt")
+    assert len(leaked) == 1 and leaked[0].name.startswith(TEMP_PREFIX)
     assert run.remove_temp_files() == leaked
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]
 

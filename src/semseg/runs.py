@@ -329,7 +329,8 @@ class RunDir:
 
 
 def _is_temp(entry: Path) -> bool:
-    """A temp file of :func:`semseg.io.atomic_open` (``.NAME.XXXX.tmp``)."""
+    """A temp file of :func:`semseg.io.atomic_open` (``.semseg-XXXX.tmp``; earlier releases:
+    ``.NAME.XXXX.tmp``)."""
     return entry.is_file() and entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)
 
 

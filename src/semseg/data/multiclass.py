@@ -18,6 +18,7 @@ from semseg.data.folder import (
     is_split_layout,
     read_folder_sample,
 )
+from semseg.data.layout import detect_kind as detect_data_kind
 from semseg.data.sample import Sample
 from semseg.data.torchvision_sets import (
     cityscapes_class_table,
@@ -36,14 +37,17 @@ SampleReader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 def detect_kind(root: str | Path) -> str | None:
     """``"voc"``, ``"cityscapes"``, ``"folder"`` (``images/`` or ``train/images/`` inside) or
-    ``None`` when ``root`` is none of these (e.g. KITTI)."""
+    ``None`` when ``root`` is none of these (e.g. KITTI). Folders by the one rule of
+    :func:`semseg.data.layout.detect_kind`."""
     root = Path(root)
     layout = detect_layout(root)
     if layout is not None:
         return layout
-    if (root / "images").is_dir() or is_split_layout(root):
-        return "folder"
-    return None
+    try:
+        kind = detect_data_kind(root)
+    except SemsegError:
+        return None
+    return kind if kind == "folder" else None
 
 
 def class_table_for(

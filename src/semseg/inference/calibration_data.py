@@ -69,7 +69,8 @@ def index_data(
 ) -> tuple[list[Any], Callable[[Any], tuple[np.ndarray, np.ndarray | None]]]:
     """The items of ``data`` and a reader of one item: KITTI ``data_road`` or images/ + masks/
     (labelled), or a plain folder of images (no labels: agreement only, no MaxF / mIoU)."""
-    from semseg.evaluation import data_config_for, is_kitti_layout, labelled_samples
+    from semseg.data.layout import is_kitti_layout
+    from semseg.evaluation import data_config_for, labelled_samples
     from semseg.io import list_images, read_rgb
 
     if not data.is_dir():
