@@ -592,6 +592,12 @@ def test_crf_refinement_snaps_a_blurred_map_to_the_colour_edge() -> None:
     # No pairwise terms: the CRF keeps the network's own decisions.
     plain = refine(image, probabilities, CRFParams(pos_w=0.0, bi_w=0.0, iterations=1))
     assert np.array_equal(plain.argmax(0), probabilities.argmax(0))
+    # ... and its marginals are the unaries' softmax: the input probabilities themselves (after
+    # the clip that keeps log() finite), computed here without the CRF.
+    from semseg.inference.crf import MIN_PROBABILITY
+
+    clipped = np.clip(probabilities, MIN_PROBABILITY, 1.0)
+    np.testing.assert_allclose(plain, clipped / clipped.sum(0), atol=1e-5)
 
 
 def test_crf_in_the_predictor_for_any_model() -> None:

@@ -295,3 +295,19 @@ def test_train_and_evaluate_on_kitti_road(tmp_path: Path):
     assert results["num_images"] == len(split["val"])
     assert set(results["groups"]) == {"um", "umm", "uu", "all"}
     assert results["groups"]["all"]["max_f"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["train", "--config", "demo", "--epochs", "0"], "'--epochs'"),
+        (["train", "--bogus"], "--bogus"),
+        (["nosuch"], "'nosuch'"),
+        (["evaluate", "x.ckpt"], "'--data'"),
+        (["predict", "x.ckpt", "in", "--backend", "gpu"], "'--backend'"),
+    ],
+)
+def test_usage_errors_name_the_option_and_exit_2(args: list[str], named: str):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    strict_one_line_error(result, named)
