@@ -515,3 +515,16 @@ def test_every_command_uses_the_same_kind_rule(tmp_path: Path) -> None:
         data_config_for(root, None).kind,
     }
     assert kinds == {"folder"}
+
+
+def test_split_folder_layout_is_refused_up_front_until_it_is_wired(tmp_path: Path):
+    """A CamVid-style train/ + val/ folder: one clear error, before any run folder exists."""
+    from conftest import assert_one_line_error, run_cli
+
+    for split in ("train", "val"):
+        save_png(tmp_path / "data" / split / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+        save_png(tmp_path / "data" / split / "masks" / "a.png", np.zeros((8, 8), np.uint8))
+    result = run_cli("train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert_one_line_error(result, "CamVid layout")
+    assert not (tmp_path / "run").exists()

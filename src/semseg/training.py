@@ -21,7 +21,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from semseg.config import Config, resolve_config
-from semseg.data.datamodule import SegmentationDataModule, index_samples, make_reader, make_split
+from semseg.data.datamodule import (
+    SegmentationDataModule,
+    check_supported_layout,
+    index_samples,
+    make_reader,
+    make_split,
+)
 from semseg.errors import SemsegError
 from semseg.evaluation import evaluate_samples
 from semseg.inference.checkpoint import load_model, read_checkpoint
@@ -340,6 +346,7 @@ def train(
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     synthetic = config.data.kind == "synthetic"
     config = resolve_config(config, run.path)  # validated; never changed during the run
+    check_supported_layout(config.data)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if not is_rank_zero():
         return _train_in(config, run, resume is not None, synthetic)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -12,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from semseg.config import Config, DataConfig
-from semseg.data.folder import index_folder, load_class_table, read_folder_sample
+from semseg.data.folder import index_folder, is_split_layout, load_class_table, read_folder_sample
 from semseg.data.kitti import index_split, read_sample, split_train_val
 from semseg.data.sample import Sample
 from semseg.data.transforms import apply, build_transforms
@@ -21,10 +22,21 @@ from semseg.errors import SemsegError
 SampleReader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 
+def check_supported_layout(data: DataConfig) -> None:
+    """Refuse, before a run starts, a folder layout that training and scoring cannot read yet."""
+    root = Path(str(data.root))
+    if data.kind == "folder" and is_split_layout(root) and not (root / "images").is_dir():
+        raise SemsegError(
+            f"{root} is split into train/ and val/ folders (the CamVid layout): training "
+            "and scoring on it is not supported yet; give a folder with images/ and masks/"
+        )
+
+
 def index_samples(data: DataConfig) -> list[Sample]:
     """Every labelled sample of the configured dataset (``data.root`` must exist)."""
     assert data.root is not None
     if data.kind == "folder":
+        check_supported_layout(data)
         return index_folder(data.root, skip_missing=data.skip_bad)
     return index_split(
         data.root, "training", data.categories, data.task, skip_missing=data.skip_bad
