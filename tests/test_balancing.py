@@ -68,3 +68,52 @@ def test_class_weights_weight_the_cross_entropy_by_hand() -> None:
     assert value == pytest.approx(expected, rel=1e-6)
     plain = segmentation_loss(logits, target, "ce", V).item()
     assert plain == pytest.approx((loss_a + loss_b) / 2, rel=1e-6)
+
+
+def test_training_with_median_frequency_uses_and_keeps_the_weights(tmp_path):
+    """train.class_weights=median_frequency: weights of the run's training masks, computed here
+    independently, saved in class_weights.json and the checkpoint, and used by the loss."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+    from conftest import tiny_config
+
+    from semseg.data.datamodule import make_reader
+    from semseg.data.kitti import index_split
+    from semseg.inference.checkpoint import read_checkpoint
+    from semseg.tasks.segmentation import SegmentationTask
+    from semseg.training import train
+
+    config = tiny_config(tmp_path, epochs=1, class_weights="median_frequency")
+    run_dir = train(config)
+    saved = json.loads((run_dir / "class_weights.json").read_text())
+    weights = [entry["weight"] for entry in saved["classes"]]
+    hparams = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    assert hparams["class_weights"] == pytest.approx(weights)
+
+    train_names = set(json.loads((run_dir / "split.json").read_text())["train"])
+    resolved = json.loads(json.dumps(config.data.__dict__))
+    resolved.update(kind="kitti", root=str(run_dir / "data"))
+    from semseg.config import DataConfig
+
+    reader = make_reader(DataConfig(**resolved), 2)
+    # frequency of a class: its pixels over all pixels of the training images that hold it
+    counts, present_totals = np.zeros(2), np.zeros(2)
+    for sample in index_split(run_dir / "data", "training"):
+        if sample.name not in train_names:
+            continue
+        mask = reader(sample)[1]
+        for c in range(2):
+            pixels = (mask == c).sum()
+            counts[c] += pixels
+            present_totals[c] += mask.size if pixels else 0
+    frequency = counts / present_totals
+    assert weights == pytest.approx(np.median(frequency) / frequency, rel=1e-4)
+
+    task = SegmentationTask(
+        num_classes=2, model_options={"width_mult": 0.125}, class_weights=weights
+    )
+    logits, target = torch.randn(1, 2, 4, 4), torch.randint(0, 2, (1, 4, 4))
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255)
+    assert torch.allclose(task.loss(logits, target), expected)

@@ -121,6 +121,10 @@ class RunDir:
         return self.checkpoints / "best.ckpt"
 
     @property
+    def class_weights(self) -> Path:
+        return self.path / "class_weights.json"
+
+    @property
     def eval_val(self) -> Path:
         return self.path / "eval_val.json"
 

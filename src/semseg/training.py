@@ -35,6 +35,7 @@ from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
 from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
 from semseg.runs import RUN_DIR_ENV, RunDir, is_rank_zero, save_checkpoint_atomic, warn
+from semseg.tasks.balancing import load_class_weights, median_frequency_weights, save_class_weights
 from semseg.tasks.segmentation import SegmentationTask
 
 METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
@@ -294,7 +295,7 @@ def build_trainer(config: Config, run: RunDir | Path, progress: bool) -> L.Train
     )
 
 
-def build_task(config: Config) -> SegmentationTask:
+def build_task(config: Config, class_weights: list[float] | None = None) -> SegmentationTask:
     model = config.model
     options = {
         "keep_prob": model.keep_prob,
@@ -303,7 +304,7 @@ def build_task(config: Config) -> SegmentationTask:
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
     }
-    class_names = ["not road", "road"] if config.data.kind == "kitti" else None
+    class_names = class_names_of(config) if config.data.kind == "kitti" else None
     return SegmentationTask(
         model_name=model.name,
         num_classes=model.num_classes,
@@ -320,7 +321,31 @@ def build_task(config: Config) -> SegmentationTask:
         max_time_s=config.train.max_time_s,
         input_size=[config.data.height, config.data.width],
         fused_optimizer=config.train.fused_optimizer,
+        class_weights=class_weights,
     )
+
+
+def training_class_weights(
+    config: Config, run: RunDir, datamodule: SegmentationDataModule
+) -> list[float] | None:
+    """``train.class_weights``: median-frequency weights of the training masks, computed once
+    and kept in the run (``class_weights.json``), so a resumed run uses the same ones."""
+    if config.train.class_weights is None:
+        return None
+    names = class_names_of(config)
+    if run.class_weights.is_file():
+        return [float(w) for w in load_class_weights(run.class_weights, names)]
+    train_set = datamodule.train_set
+    masks = (train_set.load(index)[1] for index in range(len(train_set.samples)))
+    weights = median_frequency_weights(masks, config.model.num_classes)
+    save_class_weights(run.class_weights, weights, names)
+    return [float(w) for w in weights]
+
+
+def class_names_of(config: Config) -> list[str]:
+    if config.data.kind == "kitti":
+        return ["not road", "road"]
+    return [f"class{index}" for index in range(config.model.num_classes)]
 
 
 def resolve_resume(resume: str | Path) -> Path:
@@ -374,7 +399,7 @@ def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Pat
     if datamodule.skipped:
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")
-    task = build_task(config)
+    task = build_task(config, training_class_weights(config, run, datamodule))
     progress = config.train.progress and sys.stdout.isatty()
     trainer = build_trainer(config, run, progress)
     ckpt_path = run.resume_checkpoint() if resume else None

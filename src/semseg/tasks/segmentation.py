@@ -57,10 +57,16 @@ class SegmentationTask(L.LightningModule):
         loss_weight: float = TRAIN_DEFAULTS.loss_weight,
         max_time_s: float | None = TRAIN_DEFAULTS.max_time_s,
         fused_optimizer: bool | None = TRAIN_DEFAULTS.fused_optimizer,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model_name, num_classes, **(model_options or {}))
+        # Cross-entropy class weights (e.g. median-frequency balancing); saved as a hyperparameter.
+        weights = (
+            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        )
+        self.register_buffer("ce_weights", weights, persistent=False)
         self.val_road = RoadMaxF(positive_class=positive_class, ignore_index=ignore_index)
         self.val_iou = MulticlassJaccardIndex(
             num_classes, average="none", ignore_index=ignore_index
@@ -73,7 +79,12 @@ class SegmentationTask(L.LightningModule):
     def loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         hparams = self.hparams
         return segmentation_loss(
-            logits, masks, hparams.loss, hparams.ignore_index, hparams.loss_weight
+            logits,
+            masks,
+            hparams.loss,
+            hparams.ignore_index,
+            hparams.loss_weight,
+            class_weights=self.ce_weights,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
