@@ -208,6 +208,19 @@ def verify_onnx(
     except Exception as error:
         raise SemsegError(f"the exported model fails onnx.checker: {first_line(error)}") from error
     backend = OnnxRuntimeBackend(path, num_classes=None)
+    worst = check_parity(backend, model, shapes, tolerance, "the exported model")
+    return OnnxVerification(checker="ok", max_abs_prob_diff=worst, shapes=shapes)
+
+
+def check_parity(
+    backend: OnnxRuntimeBackend,
+    model: nn.Module,
+    shapes: tuple[tuple[int, int, int, int], ...],
+    tolerance: float,
+    what: str,
+) -> float:
+    """ONNX Runtime's softmax probabilities against torch's on seeded random inputs of
+    ``shapes``; the largest absolute difference, refused above ``tolerance``."""
     worst = 0.0
     generator = torch.Generator().manual_seed(1)
     for shape in shapes:
@@ -217,15 +230,12 @@ def verify_onnx(
         got = backend.logits(image).softmax(dim=1)
         if got.shape != expected.shape:
             raise SemsegError(
-                f"the exported model answers {tuple(got.shape)} for {shape}, torch "
-                f"{tuple(expected.shape)}"
+                f"{what} answers {tuple(got.shape)} for {shape}, torch {tuple(expected.shape)}"
             )
         worst = max(worst, float((got - expected).abs().max()))
     if not worst <= tolerance:
-        raise SemsegError(
-            f"the exported model disagrees with torch: max |dp| {worst:.2e} > {tolerance:.0e}"
-        )
-    return OnnxVerification(checker="ok", max_abs_prob_diff=worst, shapes=shapes)
+        raise SemsegError(f"{what} disagrees with torch: max |dp| {worst:.2e} > {tolerance:.0e}")
+    return worst
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -58,26 +58,11 @@ def add_metadata(path: Path, values: dict[str, str]) -> None:
 
 def verify_optimized(path: Path, model: torch.nn.Module) -> float:
     """The optimized file against torch on the export's verification inputs; max |dp|."""
-    from semseg.inference.onnx_export import VERIFY_SHAPES, VERIFY_TOLERANCE
+    from semseg.inference.onnx_export import VERIFY_SHAPES, VERIFY_TOLERANCE, check_parity
     from semseg.inference.runtimes import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(path)
-    worst = 0.0
-    generator = torch.Generator().manual_seed(1)
-    for shape in VERIFY_SHAPES:
-        image = torch.rand(*shape, generator=generator)
-        with torch.inference_mode():
-            expected = model.eval()(image).float().softmax(dim=1)
-        got = backend.logits(image).softmax(dim=1)
-        if got.shape != expected.shape:
-            raise SemsegError(f"the optimized model answers {tuple(got.shape)} for {shape}")
-        worst = max(worst, float((got - expected).abs().max()))
-    if not worst <= VERIFY_TOLERANCE:
-        raise SemsegError(
-            f"the optimized model disagrees with torch: max |dp| {worst:.2e} > "
-            f"{VERIFY_TOLERANCE:.0e}"
-        )
-    return worst
+    return check_parity(backend, model, VERIFY_SHAPES, VERIFY_TOLERANCE, "the optimized model")
 
 
 def export_onnx_optimized(loaded: LoadedModel, out: str | Path, opset: int) -> float:
