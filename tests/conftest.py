@@ -111,3 +111,31 @@ def assert_one_line_error(
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+TINY_INPUT_SIZE = (32, 96)
+
+
+def tiny_checkpoint(
+    path: Path, class_names: tuple[str, ...] = ("not road", "road"), model_name: str = "fcn8s"
+) -> Path:
+    """A width-0.125 model saved as a checkpoint, its zero-initialised score layers given seeded
+    weights so that its probabilities vary over the image (an untrained FCN answers 0.5
+    everywhere, which would hide a wrong output)."""
+    import torch
+
+    from semseg.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(0)
+    task = SegmentationTask(
+        model_name=model_name,
+        num_classes=len(class_names),
+        model_options={"width_mult": 0.125, "keep_prob": 1.0},
+        class_names=list(class_names),
+        input_size=list(TINY_INPUT_SIZE),
+    )
+    for layer in task.model.modules():
+        if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (1, 1):
+            torch.nn.init.normal_(layer.weight, std=0.3)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path

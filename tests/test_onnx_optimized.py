@@ -7,8 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import run_cli
-from test_quantize import tiny_checkpoint
+from conftest import run_cli, tiny_checkpoint
 
 from semseg.inference.checkpoint import load_model
 from semseg.inference.onnx_export import read_onnx_metadata

@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from conftest import run_cli
+from conftest import TINY_INPUT_SIZE, run_cli, tiny_checkpoint
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene, write_kitti_layout
@@ -40,29 +39,9 @@ from semseg.inference.quantize import (
     vnni_warning,
 )
 from semseg.inference.runtimes import OnnxRuntimeBackend
-from semseg.tasks.segmentation import SegmentationTask
 
-INPUT_SIZE = (32, 96)
+INPUT_SIZE = TINY_INPUT_SIZE  # the tiny checkpoint's
 MIN_AGREEMENT = 0.97  # of the pixels' labels, int8 against fp32, on the calibration images
-STD = 0.3  # seeded score layers: probabilities vary, without a trained model's margins
-
-
-def tiny_checkpoint(path: Path, class_names: tuple[str, ...] = ("not road", "road")) -> Path:
-    """A width-0.125 FCN-8s whose zero-initialised score layers get seeded weights, so that its
-    probabilities vary over the image (an untrained FCN answers 0.5 everywhere)."""
-    torch.manual_seed(0)
-    task = SegmentationTask(
-        model_name="fcn8s",
-        num_classes=len(class_names),
-        model_options={"width_mult": 0.125, "keep_prob": 1.0},
-        class_names=list(class_names),
-        input_size=list(INPUT_SIZE),
-    )
-    for layer in task.model.modules():
-        if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (1, 1):
-            torch.nn.init.normal_(layer.weight, std=STD)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

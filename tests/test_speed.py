@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, tiny_checkpoint
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene
@@ -40,24 +40,6 @@ from semseg.tasks.segmentation import SegmentationTask
 ROOT = Path(__file__).resolve().parents[1]
 needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="needs a CPU with AVX512-BF16 or AMX")
 TOLERANCE = {"channels_last": 1e-5, "onnxruntime": 1e-4, "compile": 1e-4, "bf16": 2e-2}
-
-
-def tiny_checkpoint(path: Path, model_name: str = "fcn8s") -> Path:
-    """A width-0.125 model whose zero-initialised score layers are given seeded weights, so that
-    its probabilities vary over the image (an untrained FCN answers 0.5 everywhere)."""
-    torch.manual_seed(0)
-    task = SegmentationTask(
-        model_name=model_name,
-        num_classes=2,
-        model_options={"width_mult": 0.125, "keep_prob": 1.0},
-        class_names=["not road", "road"],
-        input_size=[32, 96],
-    )
-    for layer in task.model.modules():
-        if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (1, 1):
-            torch.nn.init.normal_(layer.weight, std=0.3)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
