@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from semseg.errors import SemsegError
+from semseg.inference.palette import default_colours
 from semseg.models import build_model, list_models, model_options
 from semseg.tasks.segmentation import INIT_ONLY_OPTIONS
 
@@ -110,6 +112,16 @@ class LoadedModel:
     positive_class: int
     class_names: list[str]
     path: Path
+    class_colours: np.ndarray | None = None  # (K, 3) uint8; the default palette when None
+
+    def __post_init__(self) -> None:
+        if self.class_colours is None:
+            self.class_colours = default_colours(self.num_classes)
+
+    @property
+    def is_multiclass(self) -> bool:
+        """Scored by mIoU (more than two classes); two classes are scored as road by MaxF."""
+        return self.num_classes > 2
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -180,4 +192,18 @@ def load_model(
         positive_class=check_positive_class(path, hparams.get("positive_class", 1), num_classes),
         class_names=names,
         path=Path(path),
+        class_colours=checked_colours(path, hparams.get("class_colours"), num_classes),
     )
+
+
+def checked_colours(path: str | Path, colours: object, num_classes: int) -> np.ndarray | None:
+    """The checkpoint's ``class_colours`` as ``(K, 3)`` uint8, or None when it has none."""
+    if colours is None:
+        return None
+    try:
+        array = np.asarray(colours, dtype=np.int64)
+    except (TypeError, ValueError):
+        array = np.zeros(0)
+    if array.shape != (num_classes, 3) or array.min() < 0 or array.max() > 255:
+        raise SemsegError(f"{path}: class_colours must be {num_classes} RGB triples 0..255")
+    return array.astype(np.uint8)

@@ -25,6 +25,24 @@ LEGEND_BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (0, 0, 0)
 
 
+def default_colours(num_classes: int) -> np.ndarray:
+    """``(K, 3)`` uint8 colours for a model without a class table: the Pascal VOC colour map
+    (bit-interleaved, so neighbouring ids get distinct colours); for two classes (road / not road)
+    black and magenta, the KITTI overlay colours."""
+    if num_classes == 2:
+        return np.array([[0, 0, 0], [255, 0, 255]], dtype=np.uint8)
+    colours = np.zeros((num_classes, 3), dtype=np.uint8)
+    for index in range(num_classes):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colours[index] = (r, g, b)
+    return colours
+
+
 def palette_lookup(colours: np.ndarray, ignore_colour: Sequence[int] = IGNORE_COLOUR) -> np.ndarray:
     """``(256, 3)`` uint8: training id -> colour, ``ignore_colour`` for every other value."""
     colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
@@ -125,6 +143,7 @@ __all__ = [
     "blend",
     "class_fractions",
     "colorize",
+    "default_colours",
     "legend",
     "legend_html",
     "legend_swatch_box",

@@ -58,6 +58,7 @@ class SegmentationTask(L.LightningModule):
         max_time_s: float | None = TRAIN_DEFAULTS.max_time_s,
         fused_optimizer: bool | None = TRAIN_DEFAULTS.fused_optimizer,
         class_weights: list[float] | None = None,
+        class_colours: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
