@@ -155,7 +155,8 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
     data: Annotated[Path, typer.Option(help="KITTI data_road folder, or images/+masks/.")],
     split: Annotated[
-        Split, typer.Option(help="all: every labelled image; val: the run's split.")
+        Split,
+        typer.Option(help="all; train/val/test: the data's split folders, else val: the run's."),
     ] = Split.all,
     out: Annotated[Path | None, typer.Option(help="JSON file for the results.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
@@ -171,7 +172,9 @@ def evaluate(
     *,
     inference: InferenceOptions,
 ) -> None:
-    """Score a checkpoint with the KITTI devkit's metrics at full ground-truth resolution.
+    """Score a checkpoint at full ground-truth resolution: the KITTI devkit's metrics for road,
+    mIoU / class-average / global accuracy and per-class IoU for multi-class models (with a
+    confusion matrix and IoU bars in a folder beside the JSON).
 
     The model runs in plain fp32 eager torch unless --backend / --precision say otherwise."""
     from semseg.evaluation import evaluate_checkpoint
@@ -199,6 +202,10 @@ def evaluate(
             warn=lambda message: err_console.print(f"warning: {message}"),
             announce=lambda line: print(line, file=sys.stderr, flush=True),
         )
+    if results.get("task") == "multiclass":
+        from semseg.evaluation import write_multiclass_figures
+
+        write_multiclass_figures(results, out.with_suffix(""))
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
     console.print(f"results: {out}")

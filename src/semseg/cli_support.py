@@ -37,6 +37,9 @@ def progress_bar() -> Progress:
 
 
 def print_scores(results: dict, title: str) -> None:
+    if results.get("task") == "multiclass":
+        print_multiclass_scores(results, title)
+        return
     table = Table(title=title)
     columns = (
         "max_f",
@@ -71,6 +74,27 @@ def print_scores(results: dict, title: str) -> None:
                     cells.append(f"{value:.2f}")
             table.add_row(label, *cells)
     console.print(table)
+
+
+def print_multiclass_scores(results: dict, title: str) -> None:
+    """Per class IoU and accuracy, then mIoU, class-average and global accuracy (percent)."""
+    table = Table(title=title)
+    for header in ("class", "IoU", "accuracy"):
+        table.add_column(header, justify="left" if header == "class" else "right")
+    for name, values in results["per_class"].items():
+        table.add_row(name, *(_percent(values.get(key)) for key in ("iou", "accuracy")))
+    overall = results["groups"]["all"]
+    table.add_section()
+    table.add_row("mIoU", _percent(overall.get("miou")), "")
+    table.add_row("class-average accuracy", "", _percent(overall.get("mean_acc")))
+    table.add_row("global accuracy", "", _percent(overall.get("global_acc")))
+    table.add_row("frequency-weighted IoU", _percent(overall.get("fwiou")), "")
+    console.print(table)
+    console.print(f"{overall.get('num_images', 0)} images, void pixels ignored")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def results_by_space(results: dict) -> list[tuple[str, dict]]:
@@ -210,7 +234,9 @@ def choose_backend(loaded, options, image=None, batch_size=1):
 
 class Split(StrEnum):
     all = "all"
+    train = "train"
     val = "val"
+    test = "test"
 
 
 class Space(StrEnum):

@@ -82,7 +82,7 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, **rule: 
     return field(default=default, metadata=rule)
 
 
-KINDS = ("kitti", "folder", "synthetic")
+KINDS = ("kitti", "folder", "voc", "cityscapes", "synthetic")
 MAX_INPUT_SIDE = 8192  # pixels; larger training inputs are refused, not allocated
 
 
@@ -94,7 +94,8 @@ class DataConfig:
     root: str | None = None  # KITTI: the folder that holds training/; folder: holds images/, masks/
     categories: list[str] = setting(factory=lambda: list(CATEGORIES), choices=CATEGORIES)
     task: str = setting("road", choices=("road", "lane"))  # KITTI ground truth to use
-    class_table: str | None = None  # folder datasets with colour masks: YAML class table
+    # multi-class data: YAML class table; None: the data's own (ROOT/classes.yaml, VOC, Cityscapes)
+    class_table: str | None = None
     height: int = setting(160, ge=32, le=MAX_INPUT_SIDE)
     width: int = setting(576, ge=32, le=MAX_INPUT_SIDE)
     val_fraction: float = setting(0.2, gt=0.0, lt=1.0)

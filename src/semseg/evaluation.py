@@ -1,4 +1,5 @@
-"""``semseg evaluate``: the KITTI devkit's perspective metrics at full ground-truth resolution.
+"""``semseg evaluate``: the KITTI devkit's perspective metrics at full ground-truth resolution,
+or, for a multi-class model, SegNet's three scores and per-class IoU from one confusion matrix.
 
 Per category (um, umm, uu) and over all images: MaxF, AP (11-point), PRE, REC, FPR, FNR at the
 best of 256 thresholds, the best threshold, with counts pooled over the images of the group; plus
@@ -26,8 +27,11 @@ import numpy as np
 from semseg.bev import KITTI_BEV_GRID, LookupCache
 from semseg.config import IGNORE_INDEX, DataConfig
 from semseg.data.calib import KittiCalib, read_calib
-from semseg.data.datamodule import index_samples
+from semseg.data.classes import check_class_names
+from semseg.data.datamodule import MULTICLASS_KINDS, data_class_table, index_samples
+from semseg.data.folder import is_split_layout
 from semseg.data.layout import detect_kind
+from semseg.data.multiclass import split_samples
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel, load_model
@@ -36,6 +40,11 @@ from semseg.inference.options import BackendOptions
 from semseg.inference.predictor import Predictor
 from semseg.inference.runtimes import InferenceBackend
 from semseg.metrics.kitti import KittiRoadEvaluator
+from semseg.metrics.multiclass import (
+    ConfusionMatrix,
+    scores_from_confusion,
+    write_multiclass_outputs,
+)
 
 SCORE_COLUMNS = ("max_f", "ap", "precision", "recall", "fpr", "fnr", "best_threshold")
 SPACES = {"perspective": ("perspective",), "bev": ("bev",), "both": ("perspective", "bev")}
@@ -72,6 +81,32 @@ class ConfusionCounts:
 def labelled_samples(data_root: Path, skip_bad: bool = False) -> list[Sample]:
     """Every labelled image under ``data_root`` (any layout :func:`detect_kind` recognises)."""
     return index_samples(data_config_for(data_root, None, skip_bad=skip_bad))
+
+
+def split_samples_of(
+    data_root: Path, split: str, checkpoint: Path, skip_bad: bool = False
+) -> list[Sample]:
+    """The labelled images ``--split`` names: ``all``; ``train``, ``val`` or ``test``, the
+    data's own split folders (CamVid, VOC, Cityscapes); ``val`` on data without them, the
+    validation images of the checkpoint's run."""
+    data_config = data_config_for(data_root, None, skip_bad=skip_bad)
+    if split == "all":
+        return index_samples(data_config)
+    if data_config.kind in MULTICLASS_KINDS and has_own_splits(data_config.kind, data_root):
+        return split_samples(data_config.kind, data_root, split, skip_missing=skip_bad)
+    if split != "val":
+        raise SemsegError(
+            f"--split {split}: {data_root} has no train/, val/ or test/ folders (use all or val)"
+        )
+    names = set(val_split_names(checkpoint))
+    samples = [s for s in index_samples(data_config) if s.name in names]
+    if not samples:
+        raise SemsegError(f"none of the run's validation images are in {data_root}")
+    return samples
+
+
+def has_own_splits(kind: str, root: Path) -> bool:
+    return kind in ("voc", "cityscapes") or is_split_layout(root)
 
 
 def val_split_names(checkpoint: Path) -> list[str]:
@@ -222,6 +257,87 @@ def evaluate_samples(
     return {**header, "num_images": len(samples) - len(unreadable), "spaces": by_space}
 
 
+def evaluate_multiclass_samples(
+    loaded: LoadedModel,
+    samples: Sequence[Sample],
+    reader: Callable[[Sample], tuple[np.ndarray, np.ndarray]],
+    batch_size: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    crf: CRFParams | None = None,
+    skip_bad: bool = False,
+    backend: str | InferenceBackend | None = None,
+) -> dict[str, Any]:
+    """Score a multi-class model on ``samples``: one confusion matrix over every image at full
+    ground-truth resolution, void ignored (:mod:`semseg.metrics.multiclass`).
+
+    Results: ``groups.all`` holds ``miou``, ``mean_acc`` (class average), ``global_acc``,
+    ``fwiou``, ``pixels`` and ``num_images``; ``per_class`` {name: {iou, accuracy}};
+    ``confusion`` the raw matrix (rows: ground truth); ``classes`` and ``colours`` the palette.
+    """
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
+    confusion = ConfusionMatrix(loaded.num_classes)
+    unreadable: list[str] = []
+    used = 0
+    for start in range(0, len(samples), predictor.batch_size):
+        chunk, pairs = read_chunk(
+            samples[start : start + predictor.batch_size], reader, skip_bad, unreadable
+        )
+        if not chunk:
+            continue
+        probabilities = predictor.predict_batch([image for image, _ in pairs])
+        for (_, mask), probability in zip(pairs, probabilities, strict=True):
+            check_mask_classes(mask, loaded.num_classes, loaded.path)
+            confusion.update_arrays(probability.argmax(axis=0), mask)
+            used += 1
+        if on_progress is not None:
+            on_progress(len(chunk))
+    if unreadable and warn is not None:
+        warn(f"skipped {len(unreadable)} unreadable image(s); first: {unreadable[0]}")
+    matrix = confusion.compute().numpy()
+    if matrix.sum() == 0:
+        raise SemsegError("nothing to score: no labelled (non-void) pixel in the images")
+    scores = scores_from_confusion(matrix).as_dict(loaded.class_names)
+    per_class = scores.pop("per_class")
+    results: dict[str, Any] = {
+        "checkpoint": str(loaded.path),
+        "model": loaded.model_name,
+        "task": "multiclass",
+        "space": "perspective",
+        "num_images": used,
+        "classes": list(loaded.class_names),
+        "colours": np.asarray(loaded.class_colours).tolist(),
+        "groups": {"all": {**scores, "num_images": used}},
+        "per_class": per_class,
+        "confusion": matrix.tolist(),
+        "unreadable": unreadable,
+    }
+    if crf is not None:
+        results["crf"] = dataclasses.asdict(crf)
+    return results
+
+
+def check_mask_classes(mask: np.ndarray, num_classes: int, checkpoint: Path) -> None:
+    """A ground-truth id the model cannot predict means the data and model do not match."""
+    labelled = mask[mask != IGNORE_INDEX]
+    if labelled.size and int(labelled.max()) >= num_classes:
+        raise SemsegError(
+            f"ground truth holds class id {int(labelled.max())} but {checkpoint} predicts "
+            f"{num_classes} classes"
+        )
+
+
+def write_multiclass_figures(results: dict[str, Any], out_dir: Path) -> None:
+    """Confusion matrix (row-normalised), per-class IoU bars and the per-class table."""
+    write_multiclass_outputs(
+        out_dir,
+        np.asarray(results["confusion"], dtype=np.int64),
+        results["classes"],
+        colours=np.asarray(results["colours"], dtype=np.uint8),
+        title=f"{results['model']} ({results.get('split', '')})",
+    )
+
+
 def read_chunk(
     chunk: Sequence[Sample],
     reader: Callable[[Sample], tuple[np.ndarray, np.ndarray]],
@@ -243,9 +359,18 @@ def read_chunk(
 
 
 def check_model_fits_data(loaded: LoadedModel, data_config: DataConfig) -> None:
-    """Refuse a model whose classes cannot be scored on the data (KITTI road has 2)."""
-    if data_config.kind == "kitti" and loaded.num_classes != 2:
-        raise SemsegError(f"{loaded.path} predicts {loaded.num_classes} classes; KITTI road has 2")
+    """Refuse a model whose classes cannot be scored on the data: KITTI road has 2; a dataset
+    with a class table needs a model trained with the same class names, in the same order."""
+    if data_config.kind == "kitti":
+        if loaded.num_classes != 2:
+            raise SemsegError(
+                f"{loaded.path} predicts {loaded.num_classes} classes; KITTI road has 2"
+            )
+        return
+    table = data_class_table(data_config)
+    placeholders = [f"class{index}" for index in range(loaded.num_classes)]
+    if table is not None and loaded.class_names != placeholders:
+        check_class_names(table.names, loaded.class_names, loaded.path)
 
 
 def data_config_for(data_root: Path, class_table: str | None, skip_bad: bool = False) -> DataConfig:
@@ -278,14 +403,9 @@ def evaluate_checkpoint(
 
     checkpoint, data = Path(checkpoint), Path(data)
     loaded = load_model(checkpoint)
-    samples = labelled_samples(data, skip_bad=skip_bad)
-    if split == "val":
-        names = set(val_split_names(checkpoint))
-        samples = [s for s in samples if s.name in names]
-        if not samples:
-            raise SemsegError(f"none of the run's validation images are in {data}")
     data_config = data_config_for(data, class_table)
     check_model_fits_data(loaded, data_config)
+    samples = split_samples_of(data, split, checkpoint, skip_bad=skip_bad)
     reader = make_reader(data_config, loaded.num_classes)
     options = backend or BackendOptions(backend="torch")
     image = first_readable_image(reader, samples) if options.backend == "auto" else None
@@ -296,18 +416,25 @@ def evaluate_checkpoint(
     )
     if announce is not None:
         announce(choice.line(engine))
-    results = evaluate_samples(
-        loaded,
-        samples,
-        reader,
-        batch_size,
-        on_progress=on_progress,
-        space=space,
-        warn=warn,
-        crf=crf,
-        skip_bad=skip_bad,
-        backend=engine,
-    )
+    if loaded.is_multiclass:
+        if space != "perspective":
+            raise SemsegError(f"--space {space} scores road; {checkpoint} is a multi-class model")
+        results = evaluate_multiclass_samples(
+            loaded, samples, reader, batch_size, on_progress, warn, crf, skip_bad, engine
+        )
+    else:
+        results = evaluate_samples(
+            loaded,
+            samples,
+            reader,
+            batch_size,
+            on_progress=on_progress,
+            space=space,
+            warn=warn,
+            crf=crf,
+            skip_bad=skip_bad,
+            backend=engine,
+        )
     results["split"] = split
     return results
 

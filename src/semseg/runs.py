@@ -11,6 +11,8 @@ Everything a training run produces lands in one folder (``runs/<name>-<timestamp
     curves.png        loss and validation scores per epoch
     overlays/         validation images with the predicted road in green
     eval_val.json     devkit metrics of best.ckpt on the validation split, full resolution
+                      (multi-class: mIoU, class-average and global accuracy, per class)
+    eval_val/         multi-class: confusion.png, class_iou.png, multiclass.md
     data/             synthetic scenes generated for the run (``data.kind: synthetic``)
     .lock             held by the process writing the run (a second writer is refused)
 
@@ -55,6 +57,8 @@ RUN_ENTRIES = frozenset(
         "curves.png",
         "overlays",
         "eval_val.json",
+        "eval_val",
+        "class_weights.json",
         "data",
         "heldout",
         "heldout_overlays",
@@ -127,6 +131,11 @@ class RunDir:
     @property
     def eval_val(self) -> Path:
         return self.path / "eval_val.json"
+
+    @property
+    def eval_val_figures(self) -> Path:
+        """Multi-class runs: confusion matrix, per-class IoU bars and table of ``eval_val``."""
+        return self.path / "eval_val"
 
     @property
     def data(self) -> Path:

@@ -20,17 +20,22 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from semseg.config import Config, resolve_config
+from semseg.config import Config, ModelConfig, resolve_config
 from semseg.data.datamodule import (
     SegmentationDataModule,
-    check_supported_layout,
+    data_class_table,
+    data_split,
     index_samples,
     make_reader,
-    make_split,
 )
 from semseg.errors import SemsegError
-from semseg.evaluation import evaluate_samples
+from semseg.evaluation import (
+    evaluate_multiclass_samples,
+    evaluate_samples,
+    write_multiclass_figures,
+)
 from semseg.inference.checkpoint import load_model, read_checkpoint
+from semseg.inference.palette import overlay_with_legend
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
 from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
@@ -110,9 +115,8 @@ class EpochLog(Callback):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         seconds = time.monotonic() - self._epoch_start
         epoch = trainer.current_epoch + 1
-        scores = "  ".join(
-            f"{key} {metrics[key]:.2f}" for key in ("val_maxf", "val_iou") if key in metrics
-        )
+        shown = ("val_maxf", "val_iou") if "val_maxf" in metrics else ("val_miou", "val_acc")
+        scores = "  ".join(f"{key} {metrics[key]:.2f}" for key in shown if key in metrics)
         line = (
             f"{datetime.now().isoformat(timespec='seconds')}  epoch {epoch}/{trainer.max_epochs}"
             f"  loss {mean_loss:.4f}  {scores}  {seconds:.1f}s"
@@ -254,7 +258,7 @@ def build_trainer(config: Config, run: RunDir | Path, progress: bool) -> L.Train
         ModelCheckpoint(
             dirpath=run.checkpoints,
             filename="best",
-            monitor="val_maxf",
+            monitor=selection_metric(config),
             mode="max",
             enable_version_counter=False,
         ),
@@ -295,6 +299,27 @@ def build_trainer(config: Config, run: RunDir | Path, progress: bool) -> L.Train
     )
 
 
+def selection_metric(config: Config) -> str:
+    """What ``best.ckpt`` maximises: road MaxF for two classes, mIoU for more."""
+    return "val_maxf" if config.model.num_classes == 2 else "val_miou"
+
+
+def with_data_classes(config: Config) -> Config:
+    """``config`` with ``model.num_classes`` taken from the data's class table (CamVid's
+    ``classes.yaml``, VOC, Cityscapes). A count set on purpose (not the default 2) that differs
+    from the table is an error."""
+    table = data_class_table(config.data)
+    if table is None or config.model.num_classes == table.num_classes:
+        return config
+    if config.model.num_classes != ModelConfig().num_classes:
+        raise SemsegError(
+            f"model.num_classes={config.model.num_classes} but the class table "
+            f"{table.source} has {table.num_classes} classes"
+        )
+    model = dataclasses.replace(config.model, num_classes=table.num_classes)
+    return dataclasses.replace(config, model=model)
+
+
 def build_task(config: Config, class_weights: list[float] | None = None) -> SegmentationTask:
     model = config.model
     options = {
@@ -304,14 +329,16 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
     }
-    class_names = class_names_of(config) if config.data.kind == "kitti" else None
+    table = data_class_table(config.data)
+    named = config.data.kind == "kitti" or table is not None
     return SegmentationTask(
         model_name=model.name,
         num_classes=model.num_classes,
         model_options=options,
         lr=config.train.lr,
         weight_decay=config.train.weight_decay,
-        class_names=class_names,
+        class_names=class_names_of(config) if named else None,
+        class_colours=table.colours.tolist() if table is not None else None,
         optimizer=config.train.optimizer,
         schedule=config.train.schedule,
         warmup_epochs=config.train.warmup_epochs,
@@ -343,8 +370,12 @@ def training_class_weights(
 
 
 def class_names_of(config: Config) -> list[str]:
+    """The class names of the configured data (KITTI: not road, road; else its class table)."""
     if config.data.kind == "kitti":
         return ["not road", "road"]
+    table = data_class_table(config.data)
+    if table is not None:
+        return list(table.names)
     return [f"class{index}" for index in range(config.model.num_classes)]
 
 
@@ -371,7 +402,7 @@ def train(
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     synthetic = config.data.kind == "synthetic"
     config = resolve_config(config, run.path)  # validated; never changed during the run
-    check_supported_layout(config.data)
+    config = with_data_classes(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if not is_rank_zero():
         return _train_in(config, run, resume is not None, synthetic)
@@ -392,7 +423,7 @@ def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Pat
     if run.split.is_file():
         split = run.read_split()
     else:
-        split = make_split(samples, config.data.val_fraction, config.train.seed)
+        split = data_split(config.data, samples, config.train.seed)
         run.write_split(split)
     run.save_config(config)
     datamodule = SegmentationDataModule(config, samples, split)
@@ -425,8 +456,14 @@ def finish_run(config: Config, run: RunDir, datamodule: SegmentationDataModule) 
     loaded = load_model(run.best_checkpoint())
     reader = make_reader(config.data, config.model.num_classes)
     samples = datamodule.val_samples
-    results = evaluate_samples(loaded, samples, reader, batch_size=config.train.batch_size)
-    results["split"] = "val"
+    batch_size = config.train.batch_size
+    if loaded.is_multiclass:
+        results = evaluate_multiclass_samples(loaded, samples, reader, batch_size=batch_size)
+        results["split"] = "val"
+        write_multiclass_figures(results, run.eval_val_figures)
+    else:
+        results = evaluate_samples(loaded, samples, reader, batch_size=batch_size)
+        results["split"] = "val"
     write_overlays(loaded, spread(samples, config.train.overlay_samples), reader, run.overlays)
     write_json_atomic(run.eval_val, results)
     return results
@@ -441,8 +478,14 @@ def spread(items: list, count: int) -> list:
 
 
 def write_overlays(loaded, samples, reader, out_dir: Path) -> None:
+    """Validation images with the prediction: road in green, or (multi-class) every class in
+    the palette with a legend."""
     predictor = Predictor(loaded)
     images = [reader(sample)[0] for sample in samples]
     for sample, image, probability in zip(samples, images, predictor.predict(images), strict=True):
-        road = probability.argmax(axis=0) == loaded.positive_class
-        write_png_atomic(out_dir / f"{sample.name}.png", overlay(image, road))
+        labels = probability.argmax(axis=0)
+        if loaded.is_multiclass:
+            picture = overlay_with_legend(image, labels, loaded.class_names, loaded.class_colours)
+        else:
+            picture = overlay(image, labels == loaded.positive_class)
+        write_png_atomic(out_dir / f"{sample.name}.png", picture)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,8 +11,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from semseg.config import Config, DataConfig
-from semseg.data.folder import index_folder, is_split_layout, load_class_table, read_folder_sample
+from semseg.data.classes import ClassTable
+from semseg.data.folder import index_folder, split_names
 from semseg.data.kitti import index_split, read_sample, split_train_val
+from semseg.data.multiclass import class_table_for, sample_reader, train_val_samples
 from semseg.data.sample import Sample
 from semseg.data.transforms import apply, build_transforms
 from semseg.errors import SemsegError
@@ -22,32 +22,53 @@ from semseg.errors import SemsegError
 SampleReader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 
-def check_supported_layout(data: DataConfig) -> None:
-    """Refuse, before a run starts, a folder layout that training and scoring cannot read yet."""
-    root = Path(str(data.root))
-    if data.kind == "folder" and is_split_layout(root) and not (root / "images").is_dir():
-        raise SemsegError(
-            f"{root} is split into train/ and val/ folders (the CamVid layout): training "
-            "and scoring on it is not supported yet; give a folder with images/ and masks/"
-        )
+MULTICLASS_KINDS = ("folder", "voc", "cityscapes")
+
+
+def data_class_table(data: DataConfig) -> ClassTable | None:
+    """The class table of the configured data: ``data.class_table``, else the data's own
+    (``ROOT/classes.yaml``, VOC's or Cityscapes' classes); None for KITTI and table-less folders."""
+    if data.kind not in MULTICLASS_KINDS or data.root is None:
+        return None
+    return class_table_for(data.kind, data.root, data.class_table)
+
+
+def given_train_val(data: DataConfig) -> dict[str, list[Sample]] | None:
+    """The data's own train / validation samples (CamVid's ``train/`` and ``val/``, VOC,
+    Cityscapes); None when the data has one pool of images to split at random."""
+    if data.kind not in MULTICLASS_KINDS:
+        return None
+    return train_val_samples(data.kind, str(data.root), skip_missing=data.skip_bad)
 
 
 def index_samples(data: DataConfig) -> list[Sample]:
-    """Every labelled sample of the configured dataset (``data.root`` must exist)."""
+    """Every labelled sample of the configured dataset (``data.root`` must exist); for data with
+    its own validation split, the training and the validation samples."""
     assert data.root is not None
+    given = given_train_val(data)
+    if given is not None:
+        split_names(given)  # names must be unique across the splits
+        return [*given["train"], *given["val"]]
     if data.kind == "folder":
-        check_supported_layout(data)
         return index_folder(data.root, skip_missing=data.skip_bad)
     return index_split(
         data.root, "training", data.categories, data.task, skip_missing=data.skip_bad
     )
 
 
+def data_split(data: DataConfig, samples: Sequence[Sample], seed: int) -> dict[str, list[str]]:
+    """The run's train/val names: the data's own split when it has one (no random re-split of a
+    given validation set), else a seeded random split of ``samples``."""
+    given = given_train_val(data)
+    if given is not None:
+        return split_names(given)
+    return make_split(samples, data.val_fraction, seed)
+
+
 def make_reader(data: DataConfig, num_classes: int) -> SampleReader:
     """The function that loads ``(image, mask)`` arrays for one sample of this dataset kind."""
-    if data.kind == "folder":
-        table = load_class_table(data.class_table) if data.class_table else None
-        return functools.partial(read_folder_sample, num_classes=num_classes, class_table=table)
+    if data.kind in MULTICLASS_KINDS:
+        return sample_reader(data.kind, num_classes, data_class_table(data))
     return read_sample
 
 

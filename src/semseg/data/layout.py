@@ -5,6 +5,8 @@
 * ``folder``: ``ROOT/images`` with ``ROOT/masks``, or the split layout ``ROOT/train/images``,
   ``ROOT/train/masks`` (and ``ROOT/val/...``), optionally with ``ROOT/classes.yaml`` beside them
   (CamVid as distributed with SegNet).
+* ``voc``: Pascal VOC 2012 (``VOCdevkit/VOC2012``); ``cityscapes``: ``leftImg8bit`` + ``gtFine``
+  (:mod:`semseg.data.torchvision_sets`).
 
 Synthetic data is never guessed: it is generated only when ``data.kind`` asks for it.
 """
@@ -28,15 +30,21 @@ def is_folder_layout(root: Path) -> bool:
 
 
 def detect_kind(root: str | Path) -> str:
-    """``"kitti"`` or ``"folder"`` for the dataset at ``root``; a one-line error otherwise."""
+    """``"kitti"``, ``"folder"``, ``"voc"`` or ``"cityscapes"`` for the dataset at ``root``;
+    a one-line error otherwise."""
+    from semseg.data.torchvision_sets import detect_layout
+
     root = Path(root)
     if not root.is_dir():
         raise SemsegError(f"data folder not found: {root}")
     if is_kitti_layout(root):
         return "kitti"
+    known = detect_layout(root)
+    if known is not None:
+        return known
     if is_folder_layout(root):
         return "folder"
     raise SemsegError(
         f"{root} holds neither KITTI's training/image_2 nor images/ + masks/ "
-        "(or train/images + train/masks)"
+        "(or train/images + train/masks), Pascal VOC 2012 or Cityscapes"
     )

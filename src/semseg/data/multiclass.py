@@ -23,7 +23,6 @@ from semseg.data.sample import Sample
 from semseg.data.torchvision_sets import (
     cityscapes_class_table,
     cityscapes_samples,
-    detect_layout,
     read_cityscapes_sample,
     read_voc_sample,
     voc_class_table,
@@ -39,15 +38,11 @@ def detect_kind(root: str | Path) -> str | None:
     """``"voc"``, ``"cityscapes"``, ``"folder"`` (``images/`` or ``train/images/`` inside) or
     ``None`` when ``root`` is none of these (e.g. KITTI). Folders by the one rule of
     :func:`semseg.data.layout.detect_kind`."""
-    root = Path(root)
-    layout = detect_layout(root)
-    if layout is not None:
-        return layout
     try:
         kind = detect_data_kind(root)
     except SemsegError:
         return None
-    return kind if kind == "folder" else None
+    return kind if kind in KINDS else None
 
 
 def class_table_for(

@@ -38,7 +38,8 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_curves(metrics_csv: Path, out_png: Path, title: str = "") -> None:
-    """Training/validation loss and validation MaxF/IoU against epoch, as one PNG."""
+    """Training/validation loss and validation MaxF/IoU (multi-class: mIoU / global accuracy)
+    against epoch, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +54,8 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = "") -> None:
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("cross-entropy")
     loss_axis.legend()
-    for key in ("val_maxf", "val_iou"):
+    road = "val_maxf" in series  # binary road runs; multi-class runs log mIoU and accuracy
+    for key in ("val_maxf", "val_iou") if road else ("val_miou", "val_acc"):
         if key in series:
             epochs, values = zip(*series[key], strict=True)
             score_axis.plot(epochs, values, marker="o", label=key)

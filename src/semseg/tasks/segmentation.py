@@ -1,22 +1,23 @@
 """The segmentation task: model, loss, metrics and optimiser as one LightningModule.
 
-Hyperparameters (model name and options, class count, optimiser settings, input size) are saved
-in every checkpoint, so ``semseg evaluate`` and ``semseg predict`` rebuild the model from the
-checkpoint alone.
+Hyperparameters (model name and options, class count, class names and colours, optimiser
+settings, input size) are saved in every checkpoint, so ``semseg evaluate`` and
+``semseg predict`` rebuild the model from the checkpoint alone.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from semseg.config import IGNORE_INDEX, ModelConfig, TrainConfig
 from semseg.errors import SemsegError
+from semseg.metrics.multiclass import ConfusionMatrix
 from semseg.metrics.road import RoadMaxF
 from semseg.models import build_model
 from semseg.tasks.recipe import build_optimizer, lr_factor, segmentation_loss
@@ -33,9 +34,10 @@ class SegmentationTask(L.LightningModule):
     ``optimizer``, ``schedule``, ``warmup_epochs``, ``min_lr_factor``, ``loss`` and ``loss_weight``
     choose (:mod:`semseg.tasks.recipe`; ``max_time_s`` ends the schedule when the time budget does).
 
-    Logged per epoch: ``train_loss``; ``val_loss``, ``val_maxf``, ``val_ap`` (devkit scores of the
-    positive class at the training resolution, in percent), ``val_iou`` (positive class IoU at
-    argmax), ``val_miou`` and ``val_acc``.
+    Logged per epoch: ``train_loss``; ``val_loss``, ``val_miou`` and ``val_acc`` (mean IoU and
+    global pixel accuracy at argmax, in percent, from one confusion matrix of the validation set
+    at the training resolution); for two classes (road) also ``val_maxf``, ``val_ap`` (devkit
+    scores of the positive class) and ``val_iou`` (positive class IoU).
     """
 
     def __init__(
@@ -69,10 +71,12 @@ class SegmentationTask(L.LightningModule):
         )
         self.register_buffer("ce_weights", weights, persistent=False)
         self.val_road = RoadMaxF(positive_class=positive_class, ignore_index=ignore_index)
-        self.val_iou = MulticlassJaccardIndex(
-            num_classes, average="none", ignore_index=ignore_index
-        )
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index)
+        self.val_confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+
+    @property
+    def is_multiclass(self) -> bool:
+        """More than two classes: validated and selected by mIoU instead of road MaxF."""
+        return self.hparams.num_classes > 2
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -113,10 +117,9 @@ class SegmentationTask(L.LightningModule):
         logits = self(images).float()
         loss = self.loss(logits, masks)
         probabilities = logits.softmax(dim=1)
-        self.val_road.update(probabilities[:, self.hparams.positive_class], masks)
-        predictions = probabilities.argmax(dim=1)
-        self.val_iou.update(predictions, masks)
-        self.val_acc.update(predictions, masks)
+        if not self.is_multiclass:
+            self.val_road.update(probabilities[:, self.hparams.positive_class], masks)
+        self.val_confusion.update(probabilities.argmax(dim=1), masks)
         self.log(
             "val_loss",
             loss,
@@ -127,19 +130,20 @@ class SegmentationTask(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        try:
-            scores = self.val_road.compute()  # syncs across DDP ranks before scoring
-            max_f, ap = scores["max_f"], scores["ap"]
-        except ValueError:  # no positive pixel at all, e.g. a sanity check on a road-free batch
-            max_f = ap = 0.0
-        iou = self.val_iou.compute()
-        self.log("val_maxf", max_f, prog_bar=True)
-        self.log("val_ap", ap)
-        self.log("val_iou", float(iou[self.hparams.positive_class]) * 100, prog_bar=True)
-        self.log("val_miou", float(iou.mean()) * 100)
-        self.log("val_acc", float(self.val_acc.compute()) * 100)
-        for metric in (self.val_road, self.val_iou, self.val_acc):
-            metric.reset()
+        scores = self.val_confusion.scores()  # syncs across DDP ranks before scoring
+        self.log("val_miou", _finite(scores.miou), prog_bar=self.is_multiclass)
+        self.log("val_acc", _finite(scores.global_accuracy))
+        if not self.is_multiclass:
+            try:
+                road = self.val_road.compute()
+                max_f, ap = road["max_f"], road["ap"]
+            except ValueError:  # no positive pixel at all, e.g. a road-free batch
+                max_f = ap = 0.0
+            self.log("val_maxf", max_f, prog_bar=True)
+            self.log("val_ap", ap)
+            self.log("val_iou", _finite(scores.iou[self.hparams.positive_class]), prog_bar=True)
+        self.val_road.reset()
+        self.val_confusion.reset()
 
     def fused_optimizer(self) -> bool:
         """``fused_optimizer``; None: fused on the CPU and CUDA except under 16-mixed (whose
@@ -202,3 +206,8 @@ class SegmentationTask(L.LightningModule):
                 on_epoch=True,
                 batch_size=1,
             )
+
+
+def _finite(value: float) -> float:
+    """A score for the logs: 0 where a class never occurred (NaN would break best.ckpt)."""
+    return 0.0 if math.isnan(value) else float(value)
