@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from semseg.config import Config, load_config
@@ -139,3 +140,40 @@ def tiny_checkpoint(
             torch.nn.init.normal_(layer.weight, std=0.3)
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
     return path
+
+
+MULTICLASS_TABLE = """classes:
+  - {name: sky, color: [70, 130, 180]}
+  - {name: road, color: [128, 64, 128]}
+  - {name: car, color: [0, 0, 142]}
+  - {name: void, color: [0, 0, 0], ignore: true}
+"""
+"""The class table of :func:`write_multiclass_folder`: three classes, mask value 3 is void."""
+
+
+def write_multiclass_folder(
+    root: Path, splits: dict[str, int] | None = None, size: tuple[int, int] = (32, 48), seed: int = 0
+) -> Path:
+    """A tiny CamVid-style dataset: ``SPLIT/images`` + ``SPLIT/masks`` (index PNGs) and
+    ``classes.yaml``. Sky above a horizon, road below, one car box, a void strip at the bottom;
+    each class has its own noisy colour, so a few epochs learn it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    height, width = size
+    colours = np.array([[90, 140, 220], [110, 110, 110], [200, 30, 30]], dtype=np.int16)
+    for split, count in (splits or {"train": 8, "val": 4}).items():
+        for index in range(count):
+            mask = np.zeros((height, width), np.uint8)
+            horizon = int(rng.integers(height // 3, height // 2))
+            mask[horizon:] = 1
+            top, left = int(rng.integers(horizon, height - 8)), int(rng.integers(0, width - 12))
+            mask[top : top + 6, left : left + 10] = 2
+            mask[-2:] = 3
+            image = colours[np.minimum(mask, 2)] + rng.integers(-20, 21, (height, width, 3))
+            name = f"{split}_{index:03d}"
+            for folder, array in (("images", image.clip(0, 255).astype(np.uint8)), ("masks", mask)):
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / split / folder / f"{name}.png")
+    (root / "classes.yaml").write_text(MULTICLASS_TABLE)
+    return root

@@ -517,8 +517,9 @@ def test_every_command_uses_the_same_kind_rule(tmp_path: Path) -> None:
     assert kinds == {"folder"}
 
 
-def test_split_folder_layout_is_refused_up_front_until_it_is_wired(tmp_path: Path):
-    """A CamVid-style train/ + val/ folder: one clear error, before any run folder exists."""
+def test_split_folder_with_a_name_in_train_and_val_is_refused_up_front(tmp_path: Path):
+    """A CamVid-style train/ + val/ folder whose splits share an image name: one clear error,
+    before any run folder exists (a run's split lists names only)."""
     from conftest import assert_one_line_error, run_cli
 
     for split in ("train", "val"):
@@ -526,5 +527,5 @@ def test_split_folder_layout_is_refused_up_front_until_it_is_wired(tmp_path: Pat
         save_png(tmp_path / "data" / split / "masks" / "a.png", np.zeros((8, 8), np.uint8))
     result = run_cli("train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert_one_line_error(result, "CamVid layout")
+    assert_one_line_error(result, "occur in both train/ and val/", "first: a")
     assert not (tmp_path / "run").exists()

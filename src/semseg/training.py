@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from semseg.config import Config, ModelConfig, resolve_config
 from semseg.data.datamodule import (
     SegmentationDataModule,
+    check_given_split,
     data_class_table,
     data_split,
     index_samples,
@@ -403,6 +404,7 @@ def train(
     synthetic = config.data.kind == "synthetic"
     config = resolve_config(config, run.path)  # validated; never changed during the run
     config = with_data_classes(config)
+    check_given_split(config.data)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if not is_rank_zero():
         return _train_in(config, run, resume is not None, synthetic)

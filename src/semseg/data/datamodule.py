@@ -41,6 +41,14 @@ def given_train_val(data: DataConfig) -> dict[str, list[Sample]] | None:
     return train_val_samples(data.kind, str(data.root), skip_missing=data.skip_bad)
 
 
+def check_given_split(data: DataConfig) -> None:
+    """Refuse, before a run folder exists, data whose own train/val split a run cannot keep
+    (a missing train/ or val/, a name in both)."""
+    given = given_train_val(data)
+    if given is not None:
+        split_names(given)
+
+
 def index_samples(data: DataConfig) -> list[Sample]:
     """Every labelled sample of the configured dataset (``data.root`` must exist); for data with
     its own validation split, the training and the validation samples."""
