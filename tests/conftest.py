@@ -118,11 +118,14 @@ TINY_INPUT_SIZE = (32, 96)
 
 
 def tiny_checkpoint(
-    path: Path, class_names: tuple[str, ...] = ("not road", "road"), model_name: str = "fcn8s"
+    path: Path,
+    class_names: tuple[str, ...] = ("not road", "road"),
+    model_name: str = "fcn8s",
+    class_colours: list[list[int]] | None = None,
 ) -> Path:
     """A width-0.125 model saved as a checkpoint, its zero-initialised score layers given seeded
     weights so that its probabilities vary over the image (an untrained FCN answers 0.5
-    everywhere, which would hide a wrong output)."""
+    everywhere, which would hide a wrong output); ``class_colours``: its palette, if given."""
     import torch
 
     from semseg.tasks.segmentation import SegmentationTask
@@ -134,6 +137,7 @@ def tiny_checkpoint(
         model_options={"width_mult": 0.125, "keep_prob": 1.0},
         class_names=list(class_names),
         input_size=list(TINY_INPUT_SIZE),
+        class_colours=class_colours,
     )
     for layer in task.model.modules():
         if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (1, 1):

@@ -419,7 +419,11 @@ def test_onnx_metadata_and_signature_are_checked(exported: Path, images: Path, w
     dims = onnx.load(str(exported)).graph.output[0].type.tensor_type.shape.dim
     assert dims[1].dim_value == 2  # the export declares its class channels
     wrong = with_metadata(
-        exported, workdir / "wrong-classes.onnx", num_classes="3", class_names='["a", "b", "c"]'
+        exported,
+        workdir / "wrong-classes.onnx",
+        num_classes="3",
+        class_names='["a", "b", "c"]',
+        class_colours="[[0, 0, 0], [1, 1, 1], [2, 2, 2]]",
     )
     with pytest.raises(SemsegError, match="2 output channels but the model has 3 classes"):
         Predictor(load_onnx_model(wrong), backend="onnxruntime")

@@ -224,9 +224,15 @@ def predict(
     *,
     inference: InferenceOptions,
 ) -> None:
-    """Overlays, devkit-named road probabilities and label masks for images."""
+    """Overlays, devkit-named road probabilities and label masks for images.
+
+    Road model, in OUT: overlay/NAME.png (road in green), label/NAME.png
+    (class indices), prob/<devkit name>.png (8-bit road probability).
+    Multi-class model: label/NAME.png (class indices), colour/NAME.png (the
+    labels in the class colours), overlay/NAME.png (the image tinted in the
+    class colours, with the legend)."""
     from semseg.io import check_output_dir, read_rgb
-    from semseg.prediction import collect_inputs, predict_files, readable_inputs
+    from semseg.prediction import collect_inputs, predict_files, readable_inputs, written_outputs
 
     check_output_dir(out, "--out")  # before any image is predicted
     loaded = load_any_model(checkpoint)
@@ -254,7 +260,7 @@ def predict(
             crf=inference.crf,
             backend=engine,
         )
-    console.print(f"wrote {count} overlays, probabilities and labels to {out}")
+    console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
 
 
 @app.command("export")

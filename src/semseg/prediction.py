@@ -1,10 +1,16 @@
 """``semseg predict``: overlays, devkit-named road probabilities and label masks for images.
 
-For an input ``um_000000.png`` it writes::
+For an input ``um_000000.png``, a two-class (road) model writes::
 
     OUT/overlay/um_000000.png     the image with the predicted road in translucent green
     OUT/prob/um_road_000000.png   8-bit road probability (0..255), named as the devkit expects
     OUT/label/um_000000.png       class indices (8-bit)
+
+and a multi-class model (more than two classes, e.g. CamVid) writes, for ``0001TP_008550.png``::
+
+    OUT/label/0001TP_008550.png    class indices (8-bit training ids)
+    OUT/colour/0001TP_008550.png   the class indices in the model's class colours (RGB)
+    OUT/overlay/0001TP_008550.png  the image tinted in the class colours, the legend on its right
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams
+from semseg.inference.palette import overlay_with_legend, write_label_pngs
 from semseg.inference.predictor import Predictor, confidence_levels
 from semseg.inference.runtimes import InferenceBackend
 from semseg.inference.visualize import overlay
@@ -75,7 +82,8 @@ def predict_files(
     crf: CRFParams | None = None,
     backend: str | InferenceBackend | None = None,
 ) -> int:
-    """Write the three outputs for each path; returns the number of images written.
+    """Write the outputs for each path (the module's docstring lists them: three for a
+    two-class model, three others for a multi-class one); returns the number of images written.
 
     ``crf``: refine the probabilities with the fully connected CRF first (``--crf``).
     ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
@@ -88,7 +96,10 @@ def predict_files(
         for path, image, probability in zip(
             chunk, images, predictor.predict_batch(images), strict=True
         ):
-            write_outputs(out_dir, path.stem, image, probability, loaded.positive_class)
+            if loaded.is_multiclass:
+                write_multiclass_outputs(out_dir, path.stem, image, probability, loaded)
+            else:
+                write_outputs(out_dir, path.stem, image, probability, loaded.positive_class)
             written += 1
         if on_progress is not None:
             on_progress(len(chunk))
@@ -104,3 +115,23 @@ def write_outputs(
         out_dir / "prob" / f"{kitti_gt_name(stem)}.png", confidence_levels(probability[positive])
     )
     write_png_atomic(out_dir / "label" / f"{stem}.png", labels)
+
+
+def write_multiclass_outputs(
+    out_dir: Path, stem: str, image: np.ndarray, probability: np.ndarray, loaded: LoadedModel
+) -> None:
+    """The index label PNG, the colour label PNG and the overlay with the class legend."""
+    labels = probability.argmax(axis=0).astype(np.uint8)
+    colours = np.asarray(loaded.class_colours)
+    write_label_pngs(
+        out_dir / "label" / f"{stem}.png", out_dir / "colour" / f"{stem}.png", labels, colours
+    )
+    picture = overlay_with_legend(image, labels, loaded.class_names, colours)
+    write_png_atomic(out_dir / "overlay" / f"{stem}.png", picture)
+
+
+def written_outputs(loaded: LoadedModel) -> str:
+    """What :func:`predict_files` writes per image, in words (for the closing line)."""
+    if loaded.is_multiclass:
+        return "labels, colour labels and overlays with the class legend"
+    return "overlays, probabilities and labels"

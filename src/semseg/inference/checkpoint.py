@@ -183,7 +183,7 @@ def load_model(
     except RuntimeError as error:
         raise SemsegError(f"{path}: weights do not fit model {model_name!r}") from error
     model.eval()
-    names = list(hparams.get("class_names") or [f"class{i}" for i in range(num_classes)])
+    names = checked_names(path, hparams.get("class_names"), num_classes)
     return LoadedModel(
         model=model,
         model_name=model_name,
@@ -207,3 +207,14 @@ def checked_colours(path: str | Path, colours: object, num_classes: int) -> np.n
     if array.shape != (num_classes, 3) or array.min() < 0 or array.max() > 255:
         raise SemsegError(f"{path}: class_colours must be {num_classes} RGB triples 0..255")
     return array.astype(np.uint8)
+
+
+def checked_names(path: str | Path, names: object, num_classes: int) -> list[str]:
+    """The class names (``class0``, ``class1``, ... when there are none), one per class."""
+    if not names:
+        return [f"class{i}" for i in range(num_classes)]
+    if isinstance(names, str | bytes) or not isinstance(names, list | tuple):
+        raise SemsegError(f"{path}: class_names must be a list of {num_classes} names")
+    if len(names) != num_classes:
+        raise SemsegError(f"{path}: {len(names)} class_names for {num_classes} classes")
+    return [str(name) for name in names]

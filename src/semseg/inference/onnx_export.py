@@ -4,7 +4,8 @@ The exported graph takes ``image``: float32 ``(N, 3, H, W)`` RGB in [0, 1] and r
 ``logits``: float32 ``(N, C, H, W)``, with N, H and W dynamic (any batch, any image size: the
 ImageNet normalisation, the padding to the model's size multiple and the final crop are part of
 the graph). The model's description travels in the file's ``metadata_props``: ``model_name``,
-``num_classes``, ``class_names`` (JSON), ``input_size`` (JSON ``[height, width]``: the size the
+``num_classes``, ``class_names`` (JSON), ``class_colours`` (JSON ``[[r, g, b], ...]``, one per
+class: the palette of multi-class pictures), ``input_size`` (JSON ``[height, width]``: the size the
 model was trained at and that :class:`semseg.inference.predictor.Predictor` resizes to),
 ``positive_class``, ``opset``, ``semseg_version`` and ``checkpoint_sha256``.
 
@@ -24,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,8 @@ from semseg.inference.checkpoint import (
     LoadedModel,
     check_model_description,
     check_positive_class,
+    checked_colours,
+    checked_names,
     file_sha256,
 )
 from semseg.inference.runtimes import OnnxRuntimeBackend
@@ -123,6 +127,7 @@ def export_metadata(loaded: LoadedModel, opset: int, checkpoint_sha256: str) -> 
         "model_name": loaded.model_name,
         "num_classes": str(loaded.num_classes),
         "class_names": json.dumps(loaded.class_names),
+        "class_colours": json.dumps(np.asarray(loaded.class_colours).tolist()),
         "input_size": json.dumps(list(loaded.input_size)),
         "positive_class": str(loaded.positive_class),
         "opset": str(opset),
@@ -259,15 +264,19 @@ def load_onnx_model(path: str | Path) -> LoadedModel:
         num_classes, (height, width) = check_model_description(
             path, meta["num_classes"], json.loads(meta["input_size"])
         )
-        names = [str(n) for n in json.loads(meta.get("class_names", "[]"))]
+        names = checked_names(path, json.loads(meta.get("class_names", "[]")), num_classes)
+        colours = meta.get("class_colours")
         return LoadedModel(
             model=None,  # type: ignore[arg-type]
             model_name=meta.get("model_name", "onnx"),
             num_classes=num_classes,
             input_size=(height, width),
             positive_class=check_positive_class(path, meta.get("positive_class", 1), num_classes),
-            class_names=names or [f"class{i}" for i in range(num_classes)],
+            class_names=names,
             path=Path(path),
+            class_colours=checked_colours(
+                path, None if colours is None else json.loads(colours), num_classes
+            ),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise SemsegError(

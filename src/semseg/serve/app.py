@@ -7,10 +7,13 @@ Endpoints (``create_app`` builds them; the model loads once, when the app is cre
   with the road tinted green (``alpha`` query parameter, default 0.5); ``prob``: 8-bit road
   probability PNG (mode L); ``label``: class-index PNG; ``json``: size, road fraction, per-class
   pixel areas, model name and latency. PNG answers carry the road fraction and the latency in the
-  ``X-Road-Fraction`` and ``X-Latency-Ms`` headers.
+  ``X-Road-Fraction`` and ``X-Latency-Ms`` headers. For a multi-class model (more than two
+  classes) the overlay tints every pixel in its class colour (the checkpoint's ``class_colours``)
+  and the JSON adds ``class_fractions``: class name -> share of the image's pixels (sums to 1).
 * ``GET /v1/model`` -- model name, classes, input size, backend, checkpoint SHA-256, limits.
 * ``GET /healthz`` -- liveness and queue occupancy.
-* ``GET /`` -- a self-contained page (no external assets) to drop an image and see the result.
+* ``GET /`` -- a self-contained page (no external assets) to drop an image and see the result
+  (for a multi-class model: in the class colours, with their legend).
 * ``GET /openapi.json``, ``GET /docs`` -- the OpenAPI description (FastAPI's docs page loads its
   scripts from a CDN; the page at ``/`` does not).
 
@@ -58,6 +61,7 @@ from semseg.errors import SemsegError
 from semseg.inference.autotune import choose_backend
 from semseg.inference.checkpoint import LoadedModel, file_sha256, load_model
 from semseg.inference.options import BackendOptions
+from semseg.inference.palette import blend, class_fractions
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay
 from semseg.io import first_line
@@ -69,7 +73,7 @@ from semseg.serve.codecs import (
     probe_image,
     read_upload,
 )
-from semseg.serve.page import PAGE, PAGE_HEADERS
+from semseg.serve.page import PAGE_HEADERS, render_page
 from semseg.serve.schemas import (
     ERROR_RESPONSES,
     FORMAT_HELP,
@@ -117,6 +121,7 @@ class Service:
     max_side: int
     max_pixels: int
     body_timeout: float
+    page: str = ""
 
 
 def create_app(
@@ -214,6 +219,7 @@ def create_app(
         max_side,
         max_pixels,
         body_timeout,
+        render_page(class_names, loaded.class_colours if loaded.is_multiclass else None),
     )
 
     @asynccontextmanager
@@ -281,7 +287,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+        return HTMLResponse(service.page, headers=PAGE_HEADERS)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     async def healthz() -> Health:
@@ -324,7 +330,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         output: Annotated[OutputFormat, Query(alias="format", description=FORMAT_HELP)] = (
             OutputFormat.overlay
         ),
-        alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Road overlay opacity.")] = 0.5,
+        alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity.")] = 0.5,
     ) -> Response:
         """Segment one image (multipart field ``file``, or the raw body with an image type)."""
         started = time.perf_counter()
@@ -415,8 +421,14 @@ def build_answer(
             latency_ms=round(latency, 3),
             inference_ms=round(result.inference_ms, 3),
         )
-        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
-    if output is OutputFormat.overlay:
+        if service.loaded.is_multiclass:
+            body.class_fractions = class_fractions(labels, service.class_names)
+        answer = body.model_dump(exclude_none=True)
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+    if output is OutputFormat.overlay and service.loaded.is_multiclass:
+        colours = np.asarray(service.loaded.class_colours)
+        content = png_bytes(blend(result.image, labels, colours, alpha=alpha))
+    elif output is OutputFormat.overlay:
         content = png_bytes(overlay(result.image, road, alpha=alpha))
     elif output is OutputFormat.prob:
         assert result.road_levels is not None

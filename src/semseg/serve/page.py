@@ -4,9 +4,21 @@ Plain HTML, CSS and JavaScript inline, nothing fetched from elsewhere (the Conte
 header forbids it). The page asks ``/v1/segment?format=label`` for the class indices and composites
 the road class over the image on a canvas, so the opacity slider needs no further request; the
 road fraction and latency come from the answer's headers.
+
+For a multi-class model (:func:`render_page` with its class colours) the page shows the palette's
+legend, tints every pixel in its class colour instead of the road in green, and writes each
+class's share of the image next to its legend entry.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from semseg.inference.palette import legend_html
 
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -41,6 +53,12 @@ PAGE = """<!doctype html>
   #result { display: block; max-width: 100%; height: auto; background: #dde1e4;
             border-radius: 6px; }
   #result[width="0"] { display: none; }
+  .legend { display: flex; flex-wrap: wrap; gap: 0.3rem 1.2rem; margin: 0.5rem 0; padding: 0;
+            list-style: none; }
+  .legend li { display: flex; align-items: center; gap: 0.4rem; }
+  .legend .swatch { display: inline-block; width: 0.9rem; height: 0.9rem;
+                    border: 1px solid #5a6570; }
+  .legend .share { color: #5a6570; }
 </style>
 </head>
 <body data-state="idle">
@@ -57,9 +75,10 @@ PAGE = """<!doctype html>
     <input id="opacity" type="range" min="0" max="100" value="50">
     <output id="opacity-value" for="opacity">50%</output>
   </label>
-  <span>Road: <strong id="road-fraction">&ndash;</strong></span>
+  <span id="road"__ROAD_HIDDEN__>Road: <strong id="road-fraction">&ndash;</strong></span>
   <span id="latency"></span>
 </div>
+<div id="legend">__LEGEND__</div>
 <p id="status" role="status">Choose or drop an image to segment it.</p>
 <canvas id="result" width="0" height="0"></canvas>
 <script>
@@ -69,6 +88,8 @@ let model = null;
 let picture = null;   // the uploaded image as the browser decodes it (null if it cannot)
 let mask = null;      // canvas: road pixels opaque green, the rest transparent
 let generation = 0;   // drops answers to uploads that a newer upload replaced
+// A multi-class model's class colours ([r, g, b] per class id), null for a road model.
+const PALETTE = __PALETTE__;
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -98,6 +119,7 @@ function buildMask(labels, positive) {
   context.drawImage(labels, 0, 0);
   const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
   const data = pixels.data;
+  if (PALETTE) return paintClasses(canvas, context, pixels);
   for (let i = 0; i < data.length; i += 4) {
     const road = data[i] === positive;
     data[i] = 0;
@@ -106,6 +128,32 @@ function buildMask(labels, positive) {
     data[i + 3] = road ? 255 : 0;
   }
   context.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function paintClasses(canvas, context, pixels) {
+  // each pixel in its class colour (opaque); the legend gets each class's share of the image
+  const data = pixels.data;
+  const counts = new Array(PALETTE.length).fill(0);
+  for (let i = 0; i < data.length; i += 4) {
+    const colour = PALETTE[data[i]];
+    if (colour) counts[data[i]] += 1;
+    data[i] = colour ? colour[0] : 0;
+    data[i + 1] = colour ? colour[1] : 0;
+    data[i + 2] = colour ? colour[2] : 0;
+    data[i + 3] = colour ? 255 : 0;
+  }
+  context.putImageData(pixels, 0, 0);
+  const total = canvas.width * canvas.height;
+  document.querySelectorAll("#legend li").forEach((item, index) => {
+    let share = item.querySelector(".share");
+    if (!share) {
+      share = document.createElement("span");
+      share.className = "share";
+      item.appendChild(share);
+    }
+    share.textContent = total ? (100 * counts[index] / total).toFixed(1) + "%" : "";
+  });
   return canvas;
 }
 
@@ -199,3 +247,21 @@ loadModel();
 </body>
 </html>
 """
+
+
+PLACEHOLDER = re.compile(r"__(ROAD_HIDDEN|LEGEND|PALETTE)__")
+
+
+def render_page(names: Sequence[str], colours: np.ndarray | None) -> str:
+    """The page for a model: with ``colours`` (a multi-class model's ``(K, 3)`` palette) the
+    legend and the palette overlay; without, the road page. (One pass over the placeholders:
+    a class name is never read as one.)"""
+    if colours is None:
+        values = {"ROAD_HIDDEN": "", "LEGEND": "", "PALETTE": "null"}
+    else:
+        values = {
+            "ROAD_HIDDEN": " hidden",
+            "LEGEND": legend_html(names, colours),
+            "PALETTE": json.dumps(np.asarray(colours, dtype=int).tolist()),
+        }
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], PAGE)

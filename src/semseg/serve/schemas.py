@@ -49,6 +49,8 @@ class SegmentResult(BaseModel):
     backend: str
     latency_ms: float
     inference_ms: float
+    # multi-class models only: class name -> share of the image's pixels (sums to 1)
+    class_fractions: dict[str, float] | None = None
 
 
 class InputSize(BaseModel):
