@@ -156,7 +156,10 @@ MULTICLASS_TABLE = """classes:
 
 
 def write_multiclass_folder(
-    root: Path, splits: dict[str, int] | None = None, size: tuple[int, int] = (32, 48), seed: int = 0
+    root: Path,
+    splits: dict[str, int] | None = None,
+    size: tuple[int, int] = (32, 48),
+    seed: int = 0,
 ) -> Path:
     """A tiny CamVid-style dataset: ``SPLIT/images`` + ``SPLIT/masks`` (index PNGs) and
     ``classes.yaml``. Sky above a horizon, road below, one car box, a void strip at the bottom;

@@ -332,13 +332,16 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
     }
     table = data_class_table(config.data)
     named = config.data.kind == "kitti" or table is not None
+    names = class_names_of(config)
     return SegmentationTask(
         model_name=model.name,
         num_classes=model.num_classes,
         model_options=options,
         lr=config.train.lr,
         weight_decay=config.train.weight_decay,
-        class_names=class_names_of(config) if named else None,
+        class_names=names if named else None,
+        # the class road outputs (serve's road fraction and probability map) refer to
+        positive_class=names.index("road") if "road" in names else 1,
         class_colours=table.colours.tolist() if table is not None else None,
         optimizer=config.train.optimizer,
         schedule=config.train.schedule,
