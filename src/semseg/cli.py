@@ -24,6 +24,7 @@ from semseg.cli_support import (
     progress_bar,
     quantize_table,
 )
+from semseg.cli_weak import weak_app
 from semseg.errors import SemsegError
 from semseg.inference.options import Backend, BackendOptions
 
@@ -34,6 +35,7 @@ app = typer.Typer(
     help="Semantic segmentation of road scenes: FCN-8s on VGG16 for KITTI Road and friends.",
 )
 STATE = {"debug": False}
+app.add_typer(weak_app)  # derive, pseudo-labels
 
 
 @app.callback()

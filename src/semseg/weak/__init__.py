@@ -19,5 +19,5 @@ Image-level tags (Pinheiro & Collobert CVPR 2015; CAM, Zhou et al. CVPR 2016):
 * :mod:`~semseg.weak.tag_task` the LightningModule that trains from tags.
 
 GrabCut, connected components, unsupervised segments and superpixels come from OpenCV (contrib)
-and scikit-image, the optional extra ``pip install 'semseg[weak]'``; they are imported when used.
+and scikit-image, the optional extra ``pip install -e ".[weak]"``; they are imported when used.
 """

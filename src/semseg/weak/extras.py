@@ -6,7 +6,7 @@ from types import ModuleType
 
 from semseg.errors import SemsegError
 
-INSTALL_HINT = "pip install 'semseg[weak]'"
+INSTALL_HINT = 'pip install -e ".[weak]"'
 
 
 def load_cv2() -> ModuleType:
