@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: where the project and the KITTI data are, how numbers are
-written in the tables, and the one-line description of the machine that goes with every number."""
+"""What the benchmark scripts share: where the project and the data (KITTI Road, CamVid) are,
+how numbers are written in the tables, and the one-line description of the machine that goes
+with every number."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KITTI_DATA = ROOT.parent / "shared" / "data" / "kitti_road"
+CAMVID_DATA = ROOT.parent / "shared" / "data" / "camvid"
 MISSING = "–"
 
 

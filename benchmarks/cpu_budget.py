@@ -51,10 +51,29 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _common import KITTI_DATA, ROOT, machine_summary, number
+from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
 
-DEFAULT_DATA = KITTI_DATA
+DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
 SMP_UNET = "smp-unet-resnet18"
+LRASPP = "tv-lraspp-mobilenetv3"
+PEERS = (SMP_UNET, LRASPP)
+FAST_CONFIG = {"kitti": "kitti_fast_cpu", "camvid": "camvid_fast_cpu"}
+# CamVid: every architecture of the registry with the CamVid fast recipe, and the two peers a
+# user would pick instead, with the same recipe (models without a ResNet encoder keep VGG16).
+CAMVID_MODELS = (
+    "fcn8s:resnet18",
+    f"{LRASPP}",
+    f"{SMP_UNET}",
+    "fcn16s:resnet18",
+    "fcn32s:resnet18",
+    "fcn8s:mobilenet_v3_large",
+    "fcn8s:vgg16",
+    "segnet:vgg16_bn",
+    "deeplab-largefov",
+    "dilation8-frontend",
+    "dilation8-context",
+    "fcn8s-seed:resnet18",
+)
 ENCODERS = ("vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 # The grid: the reference recipe's baseline, every FCN variant x encoder on the fast recipe, and
 # the peer (FCN-8s and the peer first: a grid stopped early still answers the main question).
@@ -132,6 +151,30 @@ def register_smp_unet() -> None:
     register_model(SMP_UNET)(SmpUnet)
 
 
+def register_lraspp() -> None:
+    """Register ``tv-lraspp-mobilenetv3``: torchvision's LR-ASPP on MobileNetV3-Large
+    (Howard et al., ICCV 2019), ``weights=None`` and ``weights_backbone=None`` (from scratch)."""
+    from semseg.models import list_models, register_model
+    from semseg.models.base import SegmentationModel
+
+    if LRASPP in list_models():
+        return
+
+    class TorchvisionLRASPP(SegmentationModel):
+        def __init__(self, num_classes: int, **_: object) -> None:
+            super().__init__(num_classes)
+            from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+            self.net = lraspp_mobilenet_v3_large(
+                weights=None, weights_backbone=None, num_classes=num_classes
+            )
+
+        def forward_normalized(self, x):
+            return self.net(x)["out"]
+
+    register_model(LRASPP)(TorchvisionLRASPP)
+
+
 @dataclass
 class Result:
     entry: str
@@ -145,6 +188,11 @@ class Result:
     cpu_seconds: float  # CPU seconds of the same
     params: int
     run_dir: str
+    miou: float | None = None  # multi-class (CamVid) scores of best.ckpt, percent
+    mean_acc: float | None = None
+    global_acc: float | None = None
+    class_iou: dict[str, float | None] | None = None
+    seconds_per_image: float | None = None  # batch-1 inference at the training size
 
 
 def parse_entry(entry: str, default_recipe: str) -> tuple[str, str | None, str]:
@@ -156,7 +204,11 @@ def parse_entry(entry: str, default_recipe: str) -> tuple[str, str | None, str]:
 def base_config(recipe: str, args: argparse.Namespace):
     from semseg.config import load_config
 
-    if recipe == "fast":
+    if args.dataset == "camvid":
+        if recipe != "fast":
+            raise SystemExit("CamVid entries use the fast recipe (camvid_fast_cpu)")
+        config = load_config(FAST_CONFIG["camvid"])
+    elif recipe == "fast":
         config = load_config("kitti_fast_cpu")
     elif recipe in ("reference", "peer"):
         config = load_config("kitti_fcn8s")
@@ -174,7 +226,7 @@ def base_config(recipe: str, args: argparse.Namespace):
         config.train.batch_size = 4
         config.train.epochs = 2
     else:
-        config.data.kind = "kitti"
+        config.data.kind = "kitti" if args.dataset == "kitti" else "folder"
         config.data.root = str(args.data)
         config.train.epochs = args.max_epochs
     config.train.max_time_s = args.budget_s
@@ -194,7 +246,8 @@ def train_entry(label: str, config, params_of: tuple[str, str | None], name: str
     start, cpu_start = time.perf_counter(), time.process_time()
     run = RunDir(train(config))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    scores = run.read_eval()["groups"]["all"]
+    results = run.read_eval()
+    scores = results["groups"]["all"]
     epochs, best_epoch = epoch_counts(run.metrics)
     n_train = len(run.read_split()["train"])
     steps = epochs * math.ceil(n_train / config.train.batch_size) if epochs else None
@@ -210,7 +263,37 @@ def train_entry(label: str, config, params_of: tuple[str, str | None], name: str
         cpu_seconds=cpu_seconds,
         params=count_parameters(*params_of),
         run_dir=str(run.path),
+        miou=scores.get("miou") if "per_class" in results else None,
+        mean_acc=scores.get("mean_acc"),
+        global_acc=scores.get("global_acc"),
+        class_iou=(
+            {name: v["iou"] for name, v in results["per_class"].items()}
+            if "per_class" in results
+            else None
+        ),
+        seconds_per_image=inference_seconds(run, images=10),
     )
+
+
+def inference_seconds(run, images: int) -> float:
+    """Median seconds per image of best.ckpt at batch 1 (fp32 torch, this process's threads),
+    on validation-sized images: resize, forward pass and full-resolution softmax."""
+    import statistics
+
+    from semseg.inference.checkpoint import load_model
+    from semseg.inference.predictor import Predictor
+
+    config = run.read_config()
+    predictor = Predictor(load_model(run.best_checkpoint()), batch_size=1)
+    image = torch.randint(0, 255, (config.data.height * 3 // 2, config.data.width * 3 // 2, 3))
+    frame = image.to(torch.uint8).numpy()
+    predictor.predict_batch([frame])  # warm-up
+    times = []
+    for _ in range(images):
+        start = time.perf_counter()
+        predictor.predict_batch([frame])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def epoch_counts(metrics_csv: Path) -> tuple[int | None, int | None]:
@@ -222,14 +305,17 @@ def epoch_counts(metrics_csv: Path) -> tuple[int | None, int | None]:
     if not rows:
         return 0, None
     column = header.index("val_maxf")
+    if not any(row[column] for row in rows):
+        column = header.index("val_miou")  # multi-class runs are selected by mIoU
     scored = [(float(row[column]), int(row[0])) for row in rows if row[column]]
     return len(rows), (max(scored)[1] if scored else None)
 
 
 def count_parameters(model: str, backbone: str | None) -> int:
-    from semseg.models import build_model
+    from semseg.models import build_model, model_options
 
-    options = {} if backbone is None else {"backbone": backbone, "keep_prob": 1.0}
+    takes = () if model in PEERS else model_options(model)
+    options = {"backbone": backbone} if backbone is not None and "backbone" in takes else {}
     with torch.device("meta"):
         net = build_model(model, 2, **options)
     return sum(p.numel() for p in net.parameters())
@@ -254,12 +340,27 @@ def plan_models(args: argparse.Namespace) -> list[Planned]:
             continue
         config = base_config(recipe, args)
         set_field(config, "model.name", model)
-        if backbone is not None:
-            set_field(config, "model.backbone", backbone)
-        label = f"{model}:{backbone or '-'}@{recipe}" if model != SMP_UNET else f"{model}@{recipe}"
+        fit_options(config, model, backbone)
+        label = f"{model}:{backbone or '-'}@{recipe}" if model not in PEERS else f"{model}@{recipe}"
         name = label.replace(":", "-").replace("@", "-")
-        planned.append(Planned(label, name, config, (model, backbone)))
+        planned.append(Planned(label, name, config, (model, config.model.backbone)))
     return planned
+
+
+def fit_options(config, model: str, backbone: str | None) -> None:
+    """The recipe's model options, minus those ``model`` does not take: a model without an
+    encoder choice keeps the default VGG16, one without dropout the default keep_prob."""
+    from semseg.config import ModelConfig
+    from semseg.models import model_options
+
+    takes = () if model in PEERS else model_options(model)
+    defaults = ModelConfig()
+    if backbone is not None:
+        config.model.backbone = backbone
+    elif "backbone" not in takes:
+        config.model.backbone = defaults.backbone
+    if "keep_prob" not in takes:
+        config.model.keep_prob = defaults.keep_prob
 
 
 def plan_ablation(args: argparse.Namespace) -> list[Planned]:
@@ -359,7 +460,8 @@ def run_in_children(todo: Sequence[Planned], args: argparse.Namespace, folder: P
             log.close()
             running.remove(entry)
             result = load_result(folder / f"{item.name}.json")
-            state = "failed" if result is None else f"MaxF {number(result.max_f, 1)}"
+            score = f"mIoU {number(result.miou, 1)}" if result and result.miou else None
+            state = "failed" if result is None else score or f"MaxF {number(result.max_f, 1)}"
             print(f"   {item.label}: {state} (exit {process.returncode})", flush=True)
 
 
@@ -398,6 +500,26 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_camvid_table(results: Sequence[Result]) -> str:
+    """mIoU, class-average and global accuracy, per-class IoU, epochs, s/img, parameters."""
+    classes = next((list(r.class_iou) for r in results if r.class_iou), [])
+    lines = [
+        "| entry | mIoU % | class avg % | global % | "
+        + " | ".join(classes)
+        + " | epochs (best) | s/img | params |",
+        "|---|" + "---|" * (len(classes) + 6),
+    ]
+    for r in results:
+        per_class = [number((r.class_iou or {}).get(name), 1) for name in classes]
+        lines.append(
+            f"| {r.entry} | {number(r.miou, 1)} | {number(r.mean_acc, 1)} "
+            f"| {number(r.global_acc, 1)} | " + " | ".join(per_class) + " | "
+            f"{r.epochs} ({r.best_epoch}) | {number(r.seconds_per_image, 3)} "
+            f"| {r.params / 1e6:.1f}M |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def describe_machine(threads: int) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return machine_summary(f"{threads} torch threads per entry, load {load:.1f} at the end")
@@ -405,10 +527,11 @@ def describe_machine(threads: int) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="KITTI data_road folder")
     parser.add_argument(
-        "--models", nargs="+", default=list(DEFAULT_MODELS), help="MODEL[:BACKBONE][@RECIPE]"
+        "--dataset", choices=("kitti", "camvid"), default="kitti", help="KITTI Road or CamVid"
     )
+    parser.add_argument("--data", type=Path, help="the dataset's folder (default: ../shared)")
+    parser.add_argument("--models", nargs="+", help="MODEL[:BACKBONE][@RECIPE]")
     parser.add_argument("--recipe", default="fast", help="default recipe: fast|reference|peer")
     parser.add_argument("--ablation", action="store_true", help="train the recipe ladder")
     parser.add_argument(
@@ -434,17 +557,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.data = args.data or DEFAULT_DATA[args.dataset]
+    camvid = args.dataset == "camvid"
+    args.models = args.models or list(CAMVID_MODELS if camvid else DEFAULT_MODELS)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     if args.threads is None:
         args.threads = threads_per_job(args.jobs) if args.jobs > 1 else torch.get_num_threads()
     elif args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.quick and camvid:
+        parser.error("--quick trains on synthetic road scenes; use a short --budget-s for CamVid")
     if args.quick:
         args.budget_s = min(args.budget_s, 4.0)
         if args.models == list(DEFAULT_MODELS):
             args.models = ["fcn8s:resnet18", "fcn32s:mobilenet_v3_large", f"{SMP_UNET}@peer"]
-    elif not (args.data / "training" / "image_2").is_dir():
+    elif camvid and not (args.data / "classes.yaml").is_file():
+        parser.error(f"--data {args.data}: no classes.yaml (CamVid: train/, val/, classes.yaml)")
+    elif not camvid and not (args.data / "training" / "image_2").is_dir():
         parser.error(f"--data {args.data}: no training/image_2 (KITTI data_road layout)")
     return args
 
@@ -453,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     register_smp_unet()
+    register_lraspp()
     if args.ablation:
         planned = plan_ablation(args)
     elif args.leave_one_out:
@@ -467,7 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_planned(planned, args)
         return 0
     results = run_planned(planned, args)
-    table = format_table(results)
+    camvid = args.dataset == "camvid"
+    table = format_camvid_table(results) if camvid else format_table(results)
     command = "python3 benchmarks/cpu_budget.py " + " ".join(args.argv)
     clock = (
         "wall clock, train.max_time_s"
@@ -478,8 +610,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     footer = (
         f"\n`{command.strip()}` on {date.today().isoformat()}; {describe_machine(args.threads)}. "
         f"{args.budget_s:.0f} s of training per entry ({clock}{side_by_side}), seed {args.seed}, "
-        "from scratch; MaxF/AP/IoU: devkit perspective scores of best.ckpt on the run's "
-        "validation images at full resolution.\n"
+        + (
+            "from scratch; mIoU, class-average and global accuracy and per-class IoU of "
+            "best.ckpt on CamVid's 101 validation images at 360x480; s/img: median batch-1 "
+            "fp32 inference of a 360x480 image beside the other entry.\n"
+            if camvid
+            else "from scratch; MaxF/AP/IoU: devkit perspective scores of best.ckpt on the "
+            "run's validation images at full resolution.\n"
+        )
     )
     print()
     print(table + footer)
