@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from semseg.cli_support import (
+    RANK_HELP,
     InferenceOptions,
     Space,
     Split,
@@ -449,16 +450,14 @@ def sweep(
         Path | None, typer.Option(help="Sweep folder (default runs/sweep-NAME-TIME).")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the sweep in this folder.")] = None,
-    rank_by: Annotated[
-        str | None, typer.Option(help="max_f (default), ap, iou, train_loss or val_loss.")
-    ] = None,
+    rank_by: Annotated[str | None, typer.Option(help=RANK_HELP)] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Settings trained in parallel.")] = 1,
     grid_images: Annotated[
         int | None, typer.Option(min=1, help="Validation images (rows) in grid.png.")
     ] = None,
 ) -> None:
-    """Train a grid of settings and rank them by validation MaxF (table, curves, grid)."""
-    from semseg.experiments import load_sweep, normalize_rank_key, plan_sweep, run_sweep
+    """Train a grid of settings and rank them by validation MaxF or mIoU (table, curves, grid)."""
+    from semseg.experiments import load_sweep, plan_sweep, run_sweep
 
     if resume is not None:
         if config is not None or set_ or data is not None or out is not None:
@@ -468,7 +467,7 @@ def sweep(
             )
         plan = load_sweep(resume)
         if rank_by is not None:
-            plan.rank_by = normalize_rank_key(rank_by)
+            plan.rank_by = plan.checked_rank_key(rank_by)
         if grid_images is not None:
             plan.grid_images = grid_images
     else:
@@ -489,7 +488,7 @@ def sweep(
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
     out: Annotated[Path | None, typer.Option(help="Where the table and figures go.")] = None,
-    rank_by: Annotated[str, typer.Option(help="max_f, ap, iou, train_loss or val_loss.")] = "max_f",
+    rank_by: Annotated[str | None, typer.Option(help=RANK_HELP)] = None,
     grid_images: Annotated[
         int, typer.Option(min=1, help="Validation images (rows) in grid.png.")
     ] = 4,

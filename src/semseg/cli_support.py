@@ -245,32 +245,21 @@ class Space(StrEnum):
     both = "both"
 
 
+RANK_HELP = (
+    "Default max_f (binary road runs) or miou (multi-class runs); also ap, iou (binary), "
+    "mean_acc, global_acc (multi-class), train_loss or val_loss."
+)
+
+
 def print_report(report) -> None:
     """The results table of a sweep or comparison, the best line and where the files are."""
-    from semseg.experiments import best_line
+    from semseg.experiments import best_line, table_cells, table_headers
 
     table = Table(title=f"ranked by {report.rank_by}")
-    for header in (
-        "best",
-        "setting",
-        "train loss",
-        "val loss",
-        "MaxF",
-        "AP",
-        "IoU",
-        "epochs",
-        "wall s",
-    ):
+    for header in table_headers(report.task):
         table.add_column(header, justify="left" if header == "setting" else "right")
     for r in report.results:
-        numbers = [(r.train_loss, 4), (r.val_loss, 4), (r.max_f, 2), (r.ap, 2), (r.iou, 2)]
-        table.add_row(
-            "*" if r.best else "",
-            r.label,
-            *("" if v is None else f"{v:.{d}f}" for v, d in numbers),
-            "" if r.epochs is None else str(r.epochs),
-            "" if r.wall_s is None else f"{r.wall_s:.1f}",
-        )
+        table.add_row(*table_cells(r, report.task))
     console.print(table)
     for warning in report.warnings:
         err_console.print(warning)

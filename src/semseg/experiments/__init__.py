@@ -8,7 +8,12 @@ A sweep is a grid of ordinary training runs under one folder::
         logs/                      stdout/stderr of each setting when run with --jobs N > 1
         results.csv, results.md    one row per setting; the best one (by --rank-by) marked
         curves.png                 training loss and validation MaxF per epoch, one line each
+                                   (mIoU for multi-class runs)
         grid.png                   the same validation images (rows) predicted by each setting
+
+Binary road runs are ranked by default by the devkit's MaxF and show MaxF, AP and IoU;
+multi-class runs (``model.num_classes`` > 2) by mIoU and show mIoU, class-average and global
+accuracy (:mod:`~.results`). One sweep or comparison holds runs of one kind.
 
 A run is *finished* when it has ``eval_val.json`` (:meth:`semseg.runs.RunDir.is_finished`).
 Re-running a sweep (``--resume DIR``, or the same ``--out``) skips finished settings, resumes
@@ -38,6 +43,9 @@ from semseg.experiments.results import (
     choose_best,
     collect_result,
     normalize_rank_key,
+    resolve_rank_key,
+    table_cells,
+    table_headers,
     write_report,
 )
 from semseg.experiments.running import SweepOutcome, run_sweep, train_setting
@@ -65,8 +73,11 @@ __all__ = [
     "normalize_rank_key",
     "parse_sets",
     "plan_sweep",
+    "resolve_rank_key",
     "run_sweep",
     "split_values",
+    "table_cells",
+    "table_headers",
     "train_setting",
     "write_report",
 ]

@@ -19,6 +19,8 @@ from semseg.experiments.results import (
     _value_text,
     collect_result,
     normalize_rank_key,
+    resolve_rank_key,
+    results_task,
     write_report,
 )
 from semseg.runs import RunDir
@@ -53,10 +55,14 @@ def differing_fields(flats: Sequence[dict[str, Any]]) -> list[str]:
 def compare_runs(
     run_dirs: Sequence[Path],
     out: Path | None = None,
-    rank_by: str = "max_f",
+    rank_by: str | None = None,
     grid_images: int = GRID_IMAGES,
 ) -> Report:
-    """The sweep table and figures for finished runs; settings = the config fields that differ."""
+    """The sweep table and figures for finished runs; settings = the config fields that differ.
+
+    ``rank_by`` ``None``: MaxF for binary runs, mIoU for multi-class runs; the runs must be of
+    one kind.
+    """
     rank_by = normalize_rank_key(rank_by)
     if not run_dirs:
         raise SemsegError("compare: name at least one run folder")
@@ -82,6 +88,7 @@ def compare_runs(
         collect_result(d, label, {key: flat.get(key) for key in fields_})
         for d, label, flat in zip(resolved, labels, flats, strict=True)
     ]
+    resolve_rank_key(rank_by, results_task(results))  # mixed runs, missing key: before writing
     if out is None:
         out = Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return write_report(

@@ -1,5 +1,6 @@
-"""The figures of a sweep or comparison: loss and validation MaxF curves, one line per run, and
-the grid of the same validation images predicted by each run's best checkpoint."""
+"""The figures of a sweep or comparison: loss and validation MaxF (mIoU for multi-class runs)
+curves, one line per run, and the grid of the same validation images predicted by each run's
+best checkpoint."""
 
 from __future__ import annotations
 
@@ -36,25 +37,34 @@ def _save(figure, path: Path, dpi: int = 100) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def score_curve(results: Sequence[RunResult]) -> tuple[str, str]:
+    """The ``metrics.csv`` column and name of the per-epoch validation score the runs are
+    chosen by: ``val_maxf`` (MaxF) for binary runs, ``val_miou`` (mIoU) for multi-class ones."""
+    if results and results[0].is_multiclass:
+        return "val_miou", "mIoU"
+    return "val_maxf", "MaxF"
+
+
 def plot_sweep_curves(results: Sequence[RunResult], path: Path, title: str = "") -> None:
-    """Training loss and validation MaxF per epoch, one line per run, legend = setting."""
+    """Training loss and validation MaxF (mIoU) per epoch, one line per run, legend = setting."""
     from semseg.inference.visualize import read_metrics_csv
 
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
+    score_key, score_name = score_curve(results)
     figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(12, 4.2))
     for r in results:
         series = read_metrics_csv(RunDir(r.run_dir).metrics)
         label = f"{r.label} (best)" if r.best else r.label
         width = 2.6 if r.best else 1.4
-        for axis, key in ((loss_axis, "train_loss"), (score_axis, "val_maxf")):
+        for axis, key in ((loss_axis, "train_loss"), (score_axis, score_key)):
             values = [value for _, value in series.get(key, [])]
             if values:
                 epochs = range(1, len(values) + 1)
                 axis.plot(epochs, values, marker="o", markersize=3, linewidth=width, label=label)
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
-    score_axis.set(xlabel="epoch", ylabel="percent", title="validation MaxF (per epoch)")
+    score_axis.set(xlabel="epoch", ylabel="percent", title=f"validation {score_name} (per epoch)")
     for axis in (loss_axis, score_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
@@ -102,25 +112,46 @@ def grid_names(runs: Sequence[RunData], count: int) -> list[str]:
     return (common or first)[:count]
 
 
-def predict_road(run_dir: Path, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Road masks predicted by the run's best checkpoint (full resolution), its road class."""
+def predict_overlays(
+    run_dir: Path, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The run's best-checkpoint predictions (full resolution) of the ``(image, mask)`` pairs and
+    their ground truths, as overlays: the road in green for a binary run, every class in the
+    checkpoint's palette for a multi-class run."""
     from semseg.inference.checkpoint import load_model
+    from semseg.inference.palette import blend
     from semseg.inference.predictor import Predictor
+    from semseg.inference.visualize import overlay
 
     loaded = load_model(RunDir(run_dir).best_checkpoint())
-    predictor = Predictor(loaded)
-    positive = loaded.positive_class
-    return [p.argmax(axis=0) == positive for p in predictor.predict(list(images))], positive
+    images, masks = [image for image, _ in pairs], [mask for _, mask in pairs]
+    predicted = [p.argmax(axis=0) for p in Predictor(loaded).predict(images)]
+
+    def paint(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if loaded.is_multiclass:
+            return blend(image, labels, loaded.class_colours)
+        return overlay(image, labels == loaded.positive_class)
+
+    return (
+        [paint(image, labels) for image, labels in zip(images, predicted, strict=True)],
+        [paint(image, mask) for image, mask in zip(images, masks, strict=True)],
+    )
+
+
+def grid_caption(result: RunResult) -> str:
+    """A grid column's header: the setting (``*`` for the best) and its MaxF or mIoU."""
+    name, value = ("mIoU", result.miou) if result.is_multiclass else ("MaxF", result.max_f)
+    score = f"{name} {value:.1f}" if value is not None else f"{name} n/a"
+    return f"{'* ' if result.best else ''}{result.label}\n{score}"
 
 
 def plot_prediction_grid(results: Sequence[RunResult], path: Path, count: int) -> list[str]:
     """Rows: the same validation images; columns: ground truth, then each run's prediction.
 
     Each cell is the overlay of the run's best-checkpoint prediction; column headers name the
-    setting and its MaxF. Returns warnings (runs whose data could not be read are blank).
+    setting and its MaxF (mIoU for multi-class runs). Returns warnings (runs whose data could
+    not be read are blank).
     """
-    from semseg.inference.visualize import overlay
-
     warnings: list[str] = []
     runs = [run_data(r.run_dir) for r in results]
     names = grid_names(runs, count)
@@ -133,14 +164,12 @@ def plot_prediction_grid(results: Sequence[RunResult], path: Path, count: int) -
             warnings.append(f"grid: images of {r.run_dir} not found; its cells are blank")
         if data.reader is not None and present:
             pairs = [data.reader(data.samples[names[i]]) for i in present]
-            roads, positive = predict_road(r.run_dir, [image for image, _ in pairs])
-            for i, (image, mask), road in zip(present, pairs, roads, strict=True):
-                cells[i] = overlay(image, road)
+            predictions, truths = predict_overlays(r.run_dir, pairs)
+            for i, prediction, true in zip(present, predictions, truths, strict=True):
+                cells[i] = prediction
                 if truth[i] is None:
-                    truth[i] = overlay(image, mask == positive)
-        score = f"MaxF {r.max_f:.1f}" if r.max_f is not None else "MaxF n/a"
-        header = f"{'* ' if r.best else ''}{r.label}\n{score}"
-        columns.append((header, cells))
+                    truth[i] = true
+        columns.append((grid_caption(r), cells))
     columns.insert(0, ("ground truth", truth))
     _draw_grid(columns, names, path)
     return warnings

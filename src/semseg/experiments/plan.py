@@ -20,7 +20,7 @@ from semseg.config import (
 from semseg.data.layout import detect_kind
 from semseg.errors import SemsegError
 from semseg.experiments.grid import Setting, expand_grid, parse_sets
-from semseg.experiments.results import normalize_rank_key
+from semseg.experiments.results import normalize_rank_key, resolve_rank_key, task_of_classes
 from semseg.io import first_line, write_json_atomic
 
 MANIFEST = "sweep.json"
@@ -38,7 +38,7 @@ class SweepPlan:
     grid: dict[str, list[Any]]
     overrides: list[str]
     settings: list[Setting]
-    rank_by: str = "max_f"
+    rank_by: str | None = None  # None: MaxF for binary runs, mIoU for multi-class runs
     grid_images: int = GRID_IMAGES
 
     def run_dir(self, setting: Setting) -> Path:
@@ -52,6 +52,17 @@ class SweepPlan:
         config.train.out_dir = str(self.sweep_dir)
         config.train.run_dir = str(self.run_dir(setting))
         return config
+
+    def tasks(self) -> set[str]:
+        """The tasks (binary road, multi-class) of the settings' runs, by their num_classes."""
+        return {task_of_classes(self.config_for(s).model.num_classes) for s in self.settings}
+
+    def checked_rank_key(self, text: str | None) -> str | None:
+        """``--rank-by`` normalised and checked against what the settings' runs will have."""
+        key = normalize_rank_key(text)
+        for task in self.tasks():
+            resolve_rank_key(key, task)
+        return key
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -90,7 +101,8 @@ def plan_sweep(
 
     Every setting's configuration is validated up front. An ``out`` folder that already holds
     this very sweep is reopened (its finished runs are kept); one holding another sweep, or
-    other files, is refused.
+    other files, is refused. ``rank_by`` ``None`` ranks by the runs' default (MaxF for binary
+    road runs, mIoU for multi-class ones); a given key must be one the settings' runs will have.
     """
     overrides, grid = parse_sets(sets)
     base = base_config(config, overrides, data)
@@ -101,11 +113,17 @@ def plan_sweep(
         grid={dotted: [value for _, value in values] for dotted, values in grid.items()},
         overrides=overrides,
         settings=settings,
-        rank_by=normalize_rank_key(rank_by or "max_f"),
+        rank_by=normalize_rank_key(rank_by),  # an unknown key: before the settings' checks
         grid_images=grid_images or GRID_IMAGES,
     )
     for setting in settings:
         validate(plan.config_for(setting))
+    if len(plan.tasks()) > 1:
+        raise SemsegError(
+            "the grid mixes binary (road) and multi-class settings (model.num_classes); "
+            "a sweep ranks runs of one kind"
+        )
+    plan.rank_by = plan.checked_rank_key(plan.rank_by)
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(base.train.out_dir) / f"sweep-{base.train.name}-{stamp}"
@@ -150,7 +168,7 @@ def load_sweep(sweep_dir: Path) -> SweepPlan:
             grid=dict(manifest.get("grid", {})),
             overrides=list(manifest.get("overrides", [])),
             settings=settings,
-            rank_by=normalize_rank_key(manifest.get("rank_by", "max_f")),
+            rank_by=normalize_rank_key(manifest.get("rank_by")),
             grid_images=int(manifest.get("grid_images", GRID_IMAGES)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
