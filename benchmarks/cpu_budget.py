@@ -60,13 +60,20 @@ PEERS = (SMP_UNET, LRASPP)
 FAST_CONFIG = {"kitti": "kitti_fast_cpu", "camvid": "camvid_fast_cpu"}
 # CamVid: every architecture of the registry with the CamVid fast recipe, and the two peers a
 # user would pick instead, with the same recipe (models without a ResNet encoder keep VGG16).
+CAMVID_RECIPES: dict[str, dict[str, object]] = {
+    "fast": {},  # configs/camvid_fast_cpu.yaml as it is
+    "mfb": {"train.class_weights": "median_frequency"},  # + SegNet's class balancing
+    "full": {"data.height": 360, "data.width": 480},  # at CamVid's full 360x480
+}
 CAMVID_MODELS = (
     "fcn8s:resnet18",
-    f"{LRASPP}",
-    f"{SMP_UNET}",
+    LRASPP,
+    SMP_UNET,
+    "fcn8s:resnet18@mfb",
+    "fcn8s:mobilenet_v3_large",
+    "fcn8s:resnet18@full",
     "fcn16s:resnet18",
     "fcn32s:resnet18",
-    "fcn8s:mobilenet_v3_large",
     "fcn8s:vgg16",
     "segnet:vgg16_bn",
     "deeplab-largefov",
@@ -202,12 +209,14 @@ def parse_entry(entry: str, default_recipe: str) -> tuple[str, str | None, str]:
 
 
 def base_config(recipe: str, args: argparse.Namespace):
-    from semseg.config import load_config
+    from semseg.config import load_config, set_field
 
     if args.dataset == "camvid":
-        if recipe != "fast":
-            raise SystemExit("CamVid entries use the fast recipe (camvid_fast_cpu)")
+        if recipe not in CAMVID_RECIPES:
+            raise SystemExit(f"CamVid recipes: {', '.join(CAMVID_RECIPES)}; got {recipe!r}")
         config = load_config(FAST_CONFIG["camvid"])
+        for dotted, value in CAMVID_RECIPES[recipe].items():
+            set_field(config, dotted, value)
     elif recipe == "fast":
         config = load_config("kitti_fast_cpu")
     elif recipe in ("reference", "peer"):
