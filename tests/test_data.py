@@ -504,7 +504,7 @@ def test_detect_kind_by_layout(tmp_path: Path) -> None:
 
 def test_every_command_uses_the_same_kind_rule(tmp_path: Path) -> None:
     """train (--data), sweep (--data) and evaluate pick the kind by one rule."""
-    from semseg.cli import build_train_config
+    from semseg.cli_train import build_train_config
     from semseg.evaluation import data_config_for
     from semseg.experiments.plan import base_config
 

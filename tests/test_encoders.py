@@ -338,7 +338,7 @@ def test_bad_recipe_values_are_rejected():
 
 
 def test_cli_backbone_flag_and_trainer_clipping(tmp_path, restore_determinism):
-    from semseg.cli import build_train_config
+    from semseg.cli_train import build_train_config
     from semseg.training import build_trainer
 
     (tmp_path / "training" / "image_2").mkdir(parents=True)  # --data must look like KITTI
