@@ -373,7 +373,7 @@ def test_cli_refuses_bad_input(work: Path, checkpoint: Path, kitti: Path):
     scene = generate_scene(3, height=60, width=200)
     Image.fromarray(scene.image).save(folder / "images" / "a.png")
     Image.fromarray(scene.road.astype(np.uint8) * 2).save(folder / "masks" / "a.png")
-    table = folder / "classes.yaml"
+    table = work / "other_classes.yaml"  # beside the data, so the folder has no table of its own
     table.write_text(
         "classes:\n  - {name: sky, color: [0, 0, 255]}\n  - {name: road, color: [255, 0, 255]}\n"
     )
