@@ -108,6 +108,8 @@ class DataConfig:
     synthetic_train: int = setting(200, ge=2)
     synthetic_size: list[int] = setting(factory=lambda: [375, 1242], items=2, ge=16, le=8192)
     skip_bad: bool = False  # skip unreadable samples with a counted warning instead of failing
+    # region models: the proposal cache (semseg proposals --out); None: ~/.cache/semseg/proposals
+    proposals_dir: str | None = None
 
 
 def _model_names() -> tuple[str, ...]:
@@ -127,6 +129,10 @@ class ModelConfig:
     width_mult: float = setting(1.0, gt=0.0, le=8.0)
     pretrained: bool = False
     backbone_weights: str | None = None
+    # region models (rcnn-regions, sds): how an image's region proposals are made
+    proposals: str = setting(
+        "felzenszwalb", choices=("felzenszwalb", "slic", "selective-search"), what="proposals"
+    )
 
 
 def _accelerators() -> tuple[str, ...]:

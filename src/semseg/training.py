@@ -40,6 +40,7 @@ from semseg.inference.palette import overlay_with_legend
 from semseg.inference.predictor import Predictor
 from semseg.inference.visualize import overlay, plot_curves
 from semseg.io import write_json_atomic, write_png_atomic, write_text_atomic
+from semseg.models.regions import is_region_model
 from semseg.runs import RUN_DIR_ENV, RunDir, is_rank_zero, save_checkpoint_atomic, warn
 from semseg.tasks.balancing import load_class_weights, median_frequency_weights, save_class_weights
 from semseg.tasks.segmentation import SegmentationTask
@@ -321,6 +322,24 @@ def with_data_classes(config: Config) -> Config:
     return dataclasses.replace(config, model=model)
 
 
+def task_class(model_name: str) -> type[SegmentationTask]:
+    """The task that trains model ``model_name``: the region task for region models."""
+    if is_region_model(model_name):
+        from semseg.tasks.regions import RegionTask
+
+        return RegionTask
+    return SegmentationTask
+
+
+def datamodule_class(model_name: str) -> type[SegmentationDataModule]:
+    """The data for model ``model_name``: with each image's regions for region models."""
+    if is_region_model(model_name):
+        from semseg.regions.data import RegionDataModule
+
+        return RegionDataModule
+    return SegmentationDataModule
+
+
 def build_task(config: Config, class_weights: list[float] | None = None) -> SegmentationTask:
     model = config.model
     options = {
@@ -329,11 +348,12 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         "backbone": model.backbone,
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
+        "proposals": model.proposals,
     }
     table = data_class_table(config.data)
     named = config.data.kind == "kitti" or table is not None
     names = class_names_of(config)
-    return SegmentationTask(
+    return task_class(model.name)(
         model_name=model.name,
         num_classes=model.num_classes,
         model_options=options,
@@ -431,7 +451,7 @@ def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Pat
         split = data_split(config.data, samples, config.train.seed)
         run.write_split(split)
     run.save_config(config)
-    datamodule = SegmentationDataModule(config, samples, split)
+    datamodule = datamodule_class(config.model.name)(config, samples, split)
     if datamodule.skipped:
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")

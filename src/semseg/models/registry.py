@@ -43,6 +43,7 @@ NOT_ASKED: dict[str, tuple[object, ...]] = {
     "width_mult": (1.0,),
     "pretrained": (False,),
     "backbone_weights": (None, ""),
+    "proposals": ("felzenszwalb",),
 }
 """Per shared option, the values a model that does not take the option may ignore."""
 

@@ -1,0 +1,70 @@
+"""The region task: trains the region-classification models (``rcnn-regions``, ``sds``).
+
+Its training step differs from :class:`~semseg.tasks.segmentation.SegmentationTask`'s: a batch
+holds each image's regions too (:mod:`semseg.regions.data`), the loss is the model's region loss
+(cross-entropy of each region against the majority ground-truth class of its pixels, regions
+that are mostly void ignored; SDS adds its figure-ground term) instead of a per-pixel loss, so
+``loss``, ``loss_weight`` and ``class_weights`` of the recipe do not apply. Validation pastes the
+regions to pixels and scores them as the segmentation task does (``val_miou``, ``val_maxf``, ...).
+Optimiser, schedule and hyperparameters are the segmentation task's, so checkpoints load the
+same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from semseg.errors import SemsegError
+from semseg.models.regions import RegionTensors
+from semseg.tasks.segmentation import SegmentationTask
+
+RegionBatch = tuple[Tensor, Tensor, list[RegionTensors]]
+
+
+class RegionTask(SegmentationTask):
+    """:class:`SegmentationTask` with the region training and validation steps."""
+
+    def region_loss(self, batch: RegionBatch) -> tuple[Tensor, object]:
+        images, masks, regions = batch
+        outputs = self.model.region_outputs(images, regions)
+        loss = self.model.region_loss(outputs, regions, masks, self.hparams.ignore_index)
+        return loss, outputs
+
+    def training_step(self, batch: RegionBatch, batch_idx: int) -> Tensor:
+        loss, _ = self.region_loss(batch)
+        if not torch.isfinite(loss):
+            raise SemsegError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
+                f"{batch_idx + 1}; stopped (the last good checkpoint is kept: "
+                "checkpoints/last.ckpt). Try a lower --lr"
+            )
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch[0].shape[0],
+            sync_dist=True,
+        )
+        return loss
+
+    def validation_step(self, batch: RegionBatch, batch_idx: int) -> None:
+        images, masks, regions = batch
+        loss, outputs = self.region_loss(batch)
+        probabilities = self.model.paste(outputs, regions, images.shape[-2:]).float().exp()
+        if not self.is_multiclass:
+            self.val_road.update(probabilities[:, self.hparams.positive_class], masks)
+        self.val_confusion.update(probabilities.argmax(dim=1), masks)
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=images.shape[0],
+            sync_dist=True,
+        )
+
+
+__all__ = ["RegionTask"]
