@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from semseg.cli_regions import regions_app
 from semseg.cli_support import (
     RANK_HELP,
     InferenceOptions,
@@ -39,6 +40,7 @@ app = typer.Typer(
 STATE = {"debug": False}
 app.add_typer(train_app)  # train
 app.add_typer(weak_app)  # derive, pseudo-labels
+app.add_typer(regions_app)  # proposals
 
 
 @app.callback()

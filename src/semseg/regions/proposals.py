@@ -41,6 +41,7 @@ import numpy as np
 from semseg.errors import SemsegError
 from semseg.io import atomic_open
 from semseg.metrics.multiclass import ConfusionMatrix, MulticlassScores
+from semseg.regions.extras import require_method
 from semseg.weak.extras import load_cv2, load_skimage_segmentation
 
 METHODS = ("felzenszwalb", "slic", "selective-search")
@@ -183,12 +184,8 @@ def compute_regions(image: np.ndarray, params: ProposalParams) -> Regions:
 
 def selective_search_boxes(image: np.ndarray, max_boxes: int) -> np.ndarray:
     """OpenCV's fast selective search: the first ``max_boxes`` boxes ``(B, 4)`` x0, y0, x1, y1."""
+    require_method("selective-search")
     cv2 = load_cv2()
-    if not hasattr(cv2, "ximgproc"):
-        raise SemsegError(
-            "selective search needs OpenCV's contrib modules: "
-            'pip install opencv-contrib-python-headless (pip install -e ".[weak]")'
-        )
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(np.ascontiguousarray(image[..., ::-1]))
     search.switchToSelectiveSearchFast()
