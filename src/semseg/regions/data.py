@@ -60,7 +60,10 @@ def renumber(label_maps: Tensor, boxes: Tensor, num_mapped: int) -> RegionTensor
     lookup[present] = torch.arange(present.numel())
     maps = lookup[label_maps.clamp(min=-1)]  # -1 indexes the spare last entry: stays -1
     mapped = int(present.numel())
-    boxes = boxes.reshape(-1, 4).float()
+    height, width = label_maps.shape[-2:]
+    boxes = boxes.reshape(-1, 4).float().clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     kept = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
     return RegionTensors(maps, torch.cat([tight_boxes(maps, mapped), kept]), mapped)
 
