@@ -101,7 +101,7 @@ def test_model_paste_takes_the_winning_regions_probabilities():
     from semseg.models import build_model
     from semseg.models.regions import RegionOutputs
 
-    model = build_model("rcnn-regions", 3)
+    model = build_model("rcnn-regions", 3, width_mult=1 / 16)
     maps = torch.tensor([[[0, 0, 1, 1]], [[2, 2, 2, 2]]])
     regions = [RegionTensors(maps, torch.tensor([[0.0, 0, 2, 1], [2, 0, 4, 1], [0, 0, 4, 1]]), 3)]
     logits = torch.tensor([[4.0, 0, 0], [0, 0, 1], [0, 3, 0]])

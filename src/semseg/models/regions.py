@@ -192,12 +192,13 @@ class RegionCNN(SegmentationModel):
     regions of an image given none (felzenszwalb, slic, selective-search)."""
 
     uses_regions = True
+    onnx_exportable = False  # proposals are computed in Python (scikit-image / OpenCV)
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet18",
-        keep_prob: float = 1.0,
+        backbone: str = "vgg16",
+        keep_prob: float = 0.5,
         width_mult: float = 1.0,
         pretrained: bool = False,
         backbone_weights: str | Path | None = None,
