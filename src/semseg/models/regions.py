@@ -36,6 +36,9 @@ are the log-probabilities of its region, so the argmax is the region's class and
 its class distribution.
 
 Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
+
+The one import outside torch and this package is :meth:`RegionCNN.propose`'s, made when it
+runs: the proposal methods of :mod:`semseg.regions.proposals` (the ``weak`` extra).
 """
 
 from __future__ import annotations

@@ -89,13 +89,12 @@ def transform_with_regions(
 
 class RegionDataset(Dataset):
     """A :class:`SegmentationDataset` whose items also carry the image's regions (cached on disk
-    in ``cache_dir`` and, once read, in memory)."""
+    in ``cache_dir``)."""
 
     def __init__(self, base: SegmentationDataset, params: ProposalParams, cache_dir: Path) -> None:
         self.base = base
         self.params = params
         self.cache_dir = Path(cache_dir)
-        self._regions: dict[int, Regions] = {}
         self.computed = 0  # regions computed (not found in the cache) by this dataset
 
     @property
@@ -106,15 +105,13 @@ class RegionDataset(Dataset):
         return len(self.base)
 
     def regions(self, index: int) -> Regions:
-        if index not in self._regions:
-            image, _ = self.base.load(index)
-            sample = self.base.samples[index]
-            regions, computed = cached_regions(
-                sample.image_path, image, self.params, self.cache_dir
-            )
-            self.computed += int(computed)
-            self._regions[index] = regions
-        return self._regions[index]
+        """The regions of sample ``index``, read from the disk cache each time (CamVid's label
+        maps alone would take most of a gigabyte of memory), computed once if absent."""
+        image, _ = self.base.load(index)
+        sample = self.base.samples[index]
+        regions, computed = cached_regions(sample.image_path, image, self.params, self.cache_dir)
+        self.computed += int(computed)
+        return regions
 
     def __getitem__(self, index: int) -> RegionSample:
         image, mask = self.base.load(index)
