@@ -1,5 +1,5 @@
-"""Region-based vs FCN at the same CPU budget: rcnn-regions and sds against the recipe's own FCN on
-CamVid and KITTI Road (BENCHMARKS.md, "Region-based vs FCN").
+"""Region-based vs FCN at the same CPU budget: rcnn-regions, sds and hypercolumn-regions against the
+recipe's own FCN on CamVid and KITTI Road (BENCHMARKS.md, "Region-based vs FCN").
 
 Every entry trains with :func:`semseg.training.train` from the dataset's fast CPU recipe
 (``configs/camvid_fast_cpu.yaml``, ``configs/kitti_fast_cpu.yaml``), only ``model.name`` (and,
@@ -40,8 +40,8 @@ from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
 
 FAST_CONFIG = {"kitti": "kitti_fast_cpu", "camvid": "camvid_fast_cpu"}
 DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
-DEFAULT_MODELS = ("fcn8s", "rcnn-regions", "sds")
-REGION_MODELS = ("rcnn-regions", "sds")
+DEFAULT_MODELS = ("fcn8s", "rcnn-regions", "sds", "hypercolumn-regions")
+REGION_MODELS = ("rcnn-regions", "sds", "hypercolumn-regions")
 TIMED_IMAGES = 5
 
 

@@ -111,6 +111,32 @@ def test_model_paste_takes_the_winning_regions_probabilities():
     torch.testing.assert_close(pixels[:, 0, 3], logits[2].log_softmax(dim=0))
 
 
+def test_location_weights_interpolate_the_grid_bilinearly():
+    from semseg.models.regions import location_weights
+
+    weights = location_weights(2, 4)
+    axis = torch.tensor([[1.0, 0.75, 0.25, 0.0], [0.0, 0.25, 0.75, 1.0]])  # by hand, see doc
+    torch.testing.assert_close(weights[1], torch.outer(axis[0], axis[1]))  # grid entry (0, 1)
+    torch.testing.assert_close(weights.sum(dim=0), torch.ones(4, 4))
+    torch.testing.assert_close(location_weights(1, 5), torch.ones(1, 5, 5))
+
+
+def test_one_location_classifier_is_a_plain_per_pixel_classifier():
+    from semseg.models.regions import location_specific_scores, location_weights
+
+    torch.manual_seed(2)
+    columns = torch.randn(3, 6, 5, 5)
+    conv = torch.nn.Conv2d(6, 4, 1)
+    scores = location_specific_scores(
+        columns, conv.weight[None, :, :, 0, 0], conv.bias[None], location_weights(1, 5)
+    )
+    torch.testing.assert_close(scores, conv(columns))
+    # with k = 2, a corner cell is scored by its corner's classifier alone
+    weight, bias = torch.randn(4, 4, 6), torch.randn(4, 4)
+    scores = location_specific_scores(columns, weight, bias, location_weights(2, 4 + 1))
+    torch.testing.assert_close(scores[:, :, 0, 0], columns[:, :, 0, 0] @ weight[0].t() + bias[0])
+
+
 def test_region_targets_are_the_majority_class_and_mostly_void_is_ignored():
     maps = torch.tensor([[[0, 0, 0, 1, 1, 1]]])
     mask = torch.tensor([[2, 2, 1, 255, 255, 0]])
@@ -255,7 +281,7 @@ def test_a_model_without_proposals_refuses_another_method():
 # --- training ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_name", ["rcnn-regions", "sds"])
+@pytest.mark.parametrize("model_name", ["rcnn-regions", "sds", "hypercolumn-regions"])
 def test_region_models_train_evaluate_and_predict(tmp_path, model_name):
     pytest.importorskip("skimage")
     from semseg.config import load_config

@@ -1,6 +1,7 @@
-"""Region-classification models: R-CNN-style region features (``rcnn-regions``) and SDS (``sds``).
+"""Region-classification models: R-CNN-style region features (``rcnn-regions``), SDS (``sds``)
+and the per-region form of Hypercolumns (``hypercolumn-regions``, :class:`HypercolumnRegions`).
 
-Both classify region proposals instead of pixels and paste the regions back to pixels:
+All classify region proposals instead of pixels and paste the regions back to pixels:
 
 * **One shared encoder pass per image** (not one CNN pass per region, as R-CNN did): the encoder's
   stride 8, 16 and 32 maps, each 1x1-projected to :data:`FEATURE_CHANNELS` channels, upsampled
@@ -441,17 +442,97 @@ def figure_ground_targets(
     return torch.cat(out)
 
 
+def location_weights(k: int, size: int) -> Tensor:
+    """``(k*k, size, size)``: the bilinear weights of a k x k grid of classifiers at each cell of
+    a size x size map (Hariharan et al., CVPR 2015): along each axis, cell ``j``'s position
+    ``(j + 0.5) k / size - 0.5`` in grid units, clamped to ``[0, k - 1]``, weighs grid entry
+    ``i`` by ``max(0, 1 - |position - i|)``. The weights of each cell sum to 1; k = 1 gives 1."""
+    position = ((torch.arange(size, dtype=torch.float64) + 0.5) * k / size - 0.5).clamp(0, k - 1)
+    axis = (1 - (position[None, :] - torch.arange(k, dtype=torch.float64)[:, None]).abs()).clamp(
+        min=0
+    )  # (k, size)
+    weights = axis[:, None, :, None] * axis[None, :, None, :]  # (k, k, size, size)
+    return weights.reshape(k * k, size, size).float()
+
+
+def location_specific_scores(
+    columns: Tensor, weight: Tensor, bias: Tensor, weights: Tensor
+) -> Tensor:
+    """Scores ``(R, C, M, M)`` of hypercolumns ``columns`` ``(R, D, M, M)`` by k x k
+    location-specific linear classifiers ``weight`` ``(k*k, C, D)``, ``bias`` ``(k*k, C)``,
+    interpolated by ``weights`` ``(k*k, M, M)`` (:func:`location_weights`). Linear in the
+    classifiers, so the interpolated classifier is formed first (``M*M*C*D`` numbers) instead of
+    every grid classifier's scores of every region (``R*k*k*C*M*M``)."""
+    effective = torch.einsum("kuv,kcd->uvcd", weights, weight)
+    effective_bias = torch.einsum("kuv,kc->cuv", weights, bias)
+    return torch.einsum("uvcd,rduv->rcuv", effective, columns) + effective_bias
+
+
+class HypercolumnRegions(SDS):
+    """``hypercolumn-regions``: the per-region form of Hypercolumns (Hariharan et al.,
+    "Hypercolumns for Object Segmentation and Fine-grained Localization", CVPR 2015).
+
+    The region's class comes from the ``rcnn-regions`` head (full + fg features); its figure-ground
+    map from the hypercolumns: the shared feature map (stride 8, 16 and 32 stages, each
+    1x1-projected, upsampled and summed, as the paper's per-pixel feature stack) sampled by
+    ``roi_align`` on a :data:`GRID` x :data:`GRID` grid over the box, classified per cell by
+    :data:`LOCATION_GRID` x :data:`LOCATION_GRID` location-specific classifiers interpolated
+    bilinearly (:func:`location_specific_scores`). Training and pasting are SDS's: the map of
+    the region's class is trained against the share of its class in each cell, and at
+    prediction projected onto the box."""
+
+    location_grid = 3
+
+    def build_heads(self, num_classes: int) -> None:
+        RegionCNN.build_heads(self, num_classes)
+        k2 = self.location_grid**2
+        self.location_weight = nn.Parameter(torch.empty(k2, num_classes, FEATURE_CHANNELS))
+        nn.init.normal_(self.location_weight, std=0.01)
+        self.location_bias = nn.Parameter(torch.zeros(k2, num_classes))
+        self.register_buffer(
+            "cell_weights", location_weights(self.location_grid, GRID), persistent=False
+        )
+
+    def classify(
+        self,
+        features: Tensor,
+        full: Tensor,
+        coverages: list[Tensor],
+        regions: list[RegionTensors],
+    ) -> RegionOutputs:
+        outputs = RegionCNN.classify(self, features, full, coverages, regions)
+        columns = roi_align(
+            features,
+            [r.boxes.to(features.dtype) for r in regions],
+            output_size=GRID,
+            spatial_scale=1.0 / FEATURE_STRIDE,
+            sampling_ratio=SAMPLING_RATIO,
+            aligned=True,
+        )
+        grids = location_specific_scores(
+            columns, self.location_weight, self.location_bias, self.cell_weights
+        )
+        outputs.grids = list(grids.split([r.count for r in regions]))
+        return outputs
+
+
 register_model("rcnn-regions")(RegionCNN)
 register_model("sds")(SDS)
+register_model("hypercolumn-regions")(HypercolumnRegions)
+
+REGION_MODELS = ("rcnn-regions", "sds", "hypercolumn-regions")
 
 
 def is_region_model(name: str) -> bool:
     """Whether model ``name`` classifies regions (trained by the region task)."""
-    return name in ("rcnn-regions", "sds")
+    return name in REGION_MODELS
 
 
 __all__ = [
     "SDS",
+    "HypercolumnRegions",
+    "location_specific_scores",
+    "location_weights",
     "RegionCNN",
     "RegionOutputs",
     "RegionTensors",
