@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_one_line_error, run_cli, write_multiclass_folder
+from conftest import run_cli, write_multiclass_folder
 
 from semseg.models.regions import (
     FEATURE_STRIDE,
@@ -265,8 +265,17 @@ def test_proposals_command_caches_and_prints_the_recall(tmp_path):
     assert 0 < recall["miou"] <= 100
     second = run_cli(*args)
     assert "0 computed, 3 reused" in second.stdout
-    bad = run_cli(*args[:4], "felzenszwalb", "--out", str(out), "--scales", "a,b")
-    assert_one_line_error(bad, "--scales")
+
+
+def test_bad_scales_are_one_clear_error():
+    from semseg.cli_regions import parse_scales
+    from semseg.errors import SemsegError
+
+    assert parse_scales("25, 100") == (25.0, 100.0)
+    with pytest.raises(SemsegError, match="--scales must be numbers"):
+        parse_scales("a,b")
+    with pytest.raises(SemsegError, match="positive"):
+        ProposalParams("felzenszwalb", scales=())
 
 
 def test_a_model_without_proposals_refuses_another_method():
