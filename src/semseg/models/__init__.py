@@ -6,9 +6,10 @@ model registry and its option rules (:mod:`~semseg.models.registry`: None is dro
 takes only the options it declares, an option it cannot honour is refused), the one VGG16 trunk
 (:mod:`~semseg.models.vgg`), the one backbone registry (:mod:`~semseg.models.encoders`), the one
 way of getting ImageNet or local backbone weights (:mod:`~semseg.models.weights`), and
-receptive-field arithmetic. The region models (:mod:`~semseg.models.regions`) compute their
-proposals with :mod:`semseg.regions` when they run, the one import outside this rule. Its modules may import only torch, torchvision, :mod:`semseg.errors`
-and each other: nothing about data, training, inference or the command line.
+receptive-field arithmetic. Its modules may import only torch, torchvision, :mod:`semseg.errors`
+and each other: nothing about data, training, inference or the command line (the region models,
+:mod:`~semseg.models.regions`, import :mod:`semseg.regions` when they compute proposals: the one
+exception).
 """
 
 from semseg.models import (  # noqa: F401  (importing a module registers its models)
