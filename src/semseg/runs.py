@@ -64,6 +64,8 @@ RUN_ENTRIES = frozenset(
         "heldout_overlays",
         "eval_heldout.json",
         "report.md",
+        "rounds",  # recursive training from boxes: each round's labels, quality and run
+        "boxsup",  # BoxSup: candidate segments, the current labels, quality per epoch
         LOCK_NAME,
     }
 )
