@@ -9,6 +9,7 @@ here with numpy, and the rounds' and BoxSup's run folders for what they must kee
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +257,19 @@ def test_two_rounds_keep_both_rounds_labels_and_quality(road, tmp_path):
     assert run.best.is_file() and run.is_finished()
     assert run.read_config().data.labels == str((run / "rounds/round_1/labels").resolve())
     assert run.read_config().train.rounds == 2
+
+    # killed while writing round 1's labels: --resume keeps round 0 and redoes the rest
+    first_run = RunDir(run / "rounds" / "round_0" / "run")
+    stamp = first_run.best.stat().st_mtime_ns
+    label = next((run / "rounds" / "round_1" / "labels").glob("*.png"))
+    before = label.read_bytes()
+    label.unlink()
+    (run / "rounds" / "round_1" / "quality.json").unlink()
+    shutil.rmtree(run.checkpoints)
+    run.eval_val.unlink()
+    assert RunDir(train(run.read_config(), resume=run.path)) == run
+    assert first_run.best.stat().st_mtime_ns == stamp
+    assert label.read_bytes() == before and run.is_finished()
 
 
 def test_boxsup_logs_the_chosen_labels_quality_per_epoch(road, tmp_path):

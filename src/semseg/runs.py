@@ -14,6 +14,8 @@ Everything a training run produces lands in one folder (``runs/<name>-<timestamp
                       (multi-class: mIoU, class-average and global accuracy, per class)
     eval_val/         multi-class: confusion.png, class_iou.png, multiclass.md
     data/             synthetic scenes generated for the run (``data.kind: synthetic``)
+    rounds/, boxsup/  training from boxes: each round's labels, BoxSup's candidates and labels
+                      (:mod:`semseg.box_training`)
     .lock             held by the process writing the run (a second writer is refused)
 
 ``semseg demo`` adds ``heldout/``, ``eval_heldout.json``, ``heldout_overlays/`` and
