@@ -294,6 +294,53 @@ def test_boxsup_logs_the_chosen_labels_quality_per_epoch(road, tmp_path):
     assert run.best.is_file() and run.is_finished()
 
 
+def test_candidates_cache_round_trip(tmp_path):
+    from semseg.box_training import PackedCandidates, read_candidates, write_candidates
+    from semseg.weak.boxes import Box
+    from semseg.weak.segments import Candidate
+
+    rng = np.random.default_rng(0)
+    boxes = [Box(2, 3, 9, 8, 1), Box(0, 0, 3, 3, 1)]
+    found = [
+        [Candidate(rng.random((5, 7)) < 0.5, Box(1, 2, 9, 8, -1)) for _ in range(3)],
+        [],
+    ]
+    packed = [PackedCandidates.pack(c, b) for c, b in zip(found, boxes, strict=True)]
+    write_candidates(tmp_path / "a.npz", packed)
+    read = read_candidates(tmp_path / "a.npz", boxes)
+    assert read is not None and [len(p.unpack()) for p in read] == [3, 0]
+    for original, again in zip(found[0], read[0].unpack(), strict=True):
+        np.testing.assert_array_equal(again.mask, original.mask)
+        assert again.tight == original.tight
+    assert read_candidates(tmp_path / "a.npz", boxes[:1]) is None  # other boxes: recomputed
+
+
+def test_labels_on_multiclass_data(tmp_path):
+    from conftest import write_multiclass_folder
+
+    root = write_multiclass_folder(tmp_path / "data")
+    config = tiny_config(tmp_path)
+    config.data.kind, config.data.root, config.model.num_classes = "folder", str(root), 3
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    expected = {}
+    for index, image in enumerate(sorted((root / "train" / "images").glob("*.png"))):
+        values = np.full((32, 48), 255, np.uint8)
+        values[:, index % 4] = index % 3
+        Image.fromarray(values).save(labels / image.name)
+        expected[image.stem] = values
+    config.data.labels = str(labels)
+    samples = index_samples(config.data)
+    datamodule = SegmentationDataModule(config, samples, data_split(config.data, samples, 0))
+    assert sorted(s.name for s in datamodule.train_set.samples) == sorted(expected)
+    for index, sample in enumerate(datamodule.train_set.samples):
+        np.testing.assert_array_equal(datamodule.train_set.load(index)[1], expected[sample.name])
+    assert (datamodule.val_set.load(0)[1] == 255).sum() == 2 * 48  # the truth's void rows
+    Image.fromarray(np.full((32, 48), 3, np.uint8)).save(labels / "train_000.png")
+    with pytest.raises(SemsegError, match="label 3 but there are 3 classes"):
+        SegmentationDataModule(config, samples, data_split(config.data, samples, 0))
+
+
 def test_rounds_and_boxsup_need_boxes(road, tmp_path, semseg):
     common = ("train", "--data", str(road["data"]), "--run-dir", str(tmp_path / "r"))
     assert_one_line_error(semseg(*common, "--rounds", "2"), "--rounds needs --boxes")

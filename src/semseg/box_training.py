@@ -55,11 +55,12 @@ from semseg.data.labels import read_label_png
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.io import atomic_open, write_json_atomic, write_png_atomic
-from semseg.runs import RUN_DIR_ENV, RunDir, is_loadable
+from semseg.runs import RUN_DIR_ENV, RunDir, is_loadable, is_rank_zero
 from semseg.training import Prepare, _train_in, append_line, prepare_data, with_data_classes
 from semseg.weak.boxes import Box, ImageBoxes, read_boxes
 from semseg.weak.jobs import BoxData, open_box_data
 from semseg.weak.quality import QualityMeter
+from semseg.weak.segments import Candidate
 
 ROUNDS = "rounds"
 BOXSUP = "boxsup"
@@ -129,6 +130,8 @@ def train_from_boxes(
     config: Config, resume: str | Path | None = None, overwrite: bool = False
 ) -> Path:
     """Recursive rounds or BoxSup (see module docstring); returns the run folder."""
+    if not is_rank_zero():
+        raise SemsegError("recursive rounds and BoxSup train in one process: use --devices 1")
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     if resume:
         config = recipe_of(run, config)
@@ -324,7 +327,37 @@ def train_boxsup(config: Config, run: RunDir, resume: bool) -> None:
     fit(config, run, resume, prepare=chooser.prepare)
 
 
-def load_candidates(images: BoxedImages, folder: Path) -> dict[str, list[list[Any]]]:
+@dataclass(frozen=True)
+class PackedCandidates:
+    """One box's candidate segments with their masks bit-packed (8x smaller in memory)."""
+
+    masks: np.ndarray  # (n, bytes) uint8: np.packbits of each (height * width) mask
+    tight: np.ndarray  # (n, 4) int64: x0, y0, x1, y1 of each segment's tight box
+    height: int
+    width: int
+
+    @classmethod
+    def pack(cls, candidates: Sequence[Candidate], box: Box) -> PackedCandidates:
+        flat = np.array([c.mask.ravel() for c in candidates], dtype=bool)
+        flat = flat.reshape(len(candidates), box.height * box.width)
+        tight = [[c.tight.x0, c.tight.y0, c.tight.x1, c.tight.y1] for c in candidates]
+        return cls(
+            np.packbits(flat, axis=1),
+            np.array(tight, dtype=np.int64).reshape(-1, 4),
+            box.height,
+            box.width,
+        )
+
+    def unpack(self) -> list[Candidate]:
+        size = self.height * self.width
+        masks = np.unpackbits(self.masks, axis=1, count=size).astype(bool)
+        return [
+            Candidate(mask.reshape(self.height, self.width), Box(*map(int, tight), -1))
+            for mask, tight in zip(masks, self.tight, strict=True)
+        ]
+
+
+def load_candidates(images: BoxedImages, folder: Path) -> dict[str, list[PackedCandidates]]:
     """Every box's candidate segments, computed once per image and kept in ``folder``."""
     from semseg.weak.segments import candidates_for_boxes
 
@@ -332,44 +365,38 @@ def load_candidates(images: BoxedImages, folder: Path) -> dict[str, list[list[An
     for sample in images.samples:
         boxes = images.boxes[sample.name].boxes
         path = folder / f"{sample.name}.npz"
-        cached = read_candidates(path, boxes)
-        if cached is None:
-            cached = candidates_for_boxes(images.image(sample), boxes)
-            write_candidates(path, cached)
-        result[sample.name] = cached
+        packed = read_candidates(path, boxes)
+        if packed is None:
+            found = candidates_for_boxes(images.image(sample), boxes)
+            packed = [PackedCandidates.pack(c, box) for c, box in zip(found, boxes, strict=True)]
+            write_candidates(path, packed)
+        result[sample.name] = packed
     return result
 
 
-def write_candidates(path: Path, candidates: Sequence[Sequence[Any]]) -> None:
-    arrays: dict[str, np.ndarray] = {"boxes": np.array(len(candidates))}
-    for index, options in enumerate(candidates):
-        arrays[f"masks_{index}"] = np.array([c.mask for c in options], dtype=bool)
-        arrays[f"tight_{index}"] = np.array(
-            [[c.tight.x0, c.tight.y0, c.tight.x1, c.tight.y1] for c in options], dtype=np.int64
-        ).reshape(-1, 4)
+def write_candidates(path: Path, packed: Sequence[PackedCandidates]) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "sizes": np.array([[p.height, p.width] for p in packed], dtype=np.int64).reshape(-1, 2)
+    }
+    for index, item in enumerate(packed):
+        arrays[f"masks_{index}"], arrays[f"tight_{index}"] = item.masks, item.tight
     with atomic_open(path, "wb") as stream:
         np.savez_compressed(stream, **arrays)
 
 
-def read_candidates(path: Path, boxes: Sequence[Box]) -> list[list[Any]] | None:
+def read_candidates(path: Path, boxes: Sequence[Box]) -> list[PackedCandidates] | None:
     """The cached candidates of ``boxes``, or None when there is no usable cache."""
-    from semseg.weak.segments import Candidate
-
     if not path.is_file():
         return None
     try:
         with np.load(path) as arrays:
-            if int(arrays["boxes"]) != len(boxes):
+            sizes = arrays["sizes"].tolist()
+            if sizes != [[box.height, box.width] for box in boxes]:
                 return None
-            result = []
-            for index, box in enumerate(boxes):
-                masks, tight = arrays[f"masks_{index}"], arrays[f"tight_{index}"]
-                if len(masks) and masks.shape[1:] != (box.height, box.width):
-                    return None
-                result.append(
-                    [Candidate(m, Box(*map(int, t), -1)) for m, t in zip(masks, tight, strict=True)]
-                )
-            return result
+            return [
+                PackedCandidates(arrays[f"masks_{i}"], arrays[f"tight_{i}"], box.height, box.width)
+                for i, box in enumerate(boxes)
+            ]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -382,7 +409,7 @@ class BoxSupChooser(Callback):
         config: Config,
         run: RunDir,
         images: BoxedImages,
-        candidates: dict[str, list[list[Any]]],
+        candidates: dict[str, list[PackedCandidates]],
     ) -> None:
         self.config = config
         self.run = run
@@ -460,7 +487,7 @@ class BoxSupChooser(Callback):
             labels, picks = boxsup_labels(
                 probabilities_of(image),
                 self.images.boxes[sample.name].boxes,
-                self.candidates[sample.name],
+                [packed.unpack() for packed in self.candidates[sample.name]],
                 background,
                 rng,
                 lam=self.config.train.boxsup_lambda,
