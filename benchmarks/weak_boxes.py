@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -130,27 +131,45 @@ def pseudo_labels(args: argparse.Namespace, dataset: str, method: str) -> tuple[
     the folder's ``quality.json``, which is written last)."""
     from semseg.io import write_json_atomic
     from semseg.weak.jobs import write_pseudo_labels
+    from semseg.weak.pseudolabels import PseudoLabelParams
 
-    folder = dataset_dir(args, dataset) / "labels" / method
+    folder = labels_dir(args, dataset, method)
     quality = folder / "quality.json"
     if quality.is_file():
         return folder, float(json.loads(quality.read_text()).get("cpu_seconds", 0.0))
     boxes = training_boxes(args, dataset)
     print(f"== {dataset}: {method} pseudo-labels -> {folder}", flush=True)
     start = time.process_time()
-    result = write_pseudo_labels(boxes, args.data[dataset], method, folder, skip_bad=True)
+    params = PseudoLabelParams(grabcut_max_side=args.grabcut_max_side, seed=args.seed)
+    result = write_pseudo_labels(
+        boxes, args.data[dataset], method, folder, skip_bad=True, params=params
+    )
     result["cpu_seconds"] = time.process_time() - start
     write_json_atomic(quality, result)
     return folder, result["cpu_seconds"]
 
 
+def labels_dir(args: argparse.Namespace, dataset: str, method: str) -> Path:
+    """Where ``method``'s pseudo-labels go (GrabCut on shrunk images gets its own folder)."""
+    uses_grabcut = method in ("grabcut", "grabcut-i", "m-and-g")
+    side = f"-side{args.grabcut_max_side}" if uses_grabcut and args.grabcut_max_side else ""
+    return dataset_dir(args, dataset) / "labels" / f"{method}{side}"
+
+
 def prepare_labels(args: argparse.Namespace, todo: Sequence[tuple[str, str]]) -> None:
-    """Boxes and pseudo-labels of every planned entry, before any training starts."""
-    for dataset, entry in todo:
-        if entry in METHODS:
-            pseudo_labels(args, dataset, entry)
-        elif entry != "full":
-            training_boxes(args, dataset)
+    """Boxes and pseudo-labels of every planned entry, before any training starts (``--jobs``
+    methods at a time, each in its own process)."""
+    for dataset in dict.fromkeys(dataset for dataset, entry in todo if entry != "full"):
+        training_boxes(args, dataset)
+    methods = [(dataset, entry) for dataset, entry in todo if entry in METHODS]
+    if args.jobs <= 1 or len(methods) <= 1:
+        for dataset, method in methods:
+            pseudo_labels(args, dataset, method)
+        return
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(pseudo_labels, args, d, m) for d, m in methods]
+        for future in futures:
+            future.result()
 
 
 # --- one entry -----------------------------------------------------------------------------------
@@ -218,8 +237,7 @@ def label_quality(
     """The quality of the labels the entry trained on: the pseudo-labels, every round's labels,
     or BoxSup's first and last epoch's choice."""
     if entry in METHODS:
-        folder = dataset_dir(args, dataset) / "labels" / entry
-        found = [(entry, folder / "quality.json")]
+        found = [(entry, labels_dir(args, dataset, entry) / "quality.json")]
     elif entry.startswith("rounds-"):
         rounds = sorted((run_dir / "rounds").glob("round_*/quality.json"))
         found = [(f"{entry} round {p.parent.name.split('_')[1]}", p) for p in rounds]
@@ -388,7 +406,13 @@ def report(args: argparse.Namespace, results: Sequence[Result]) -> str:
         "between rounds are outside it too; BoxSup's choice before each epoch is inside it). "
         "Epochs: of the last round for the rounds. Label quality: on the training images, "
         "pixels both label (coverage: share of labelled ground-truth pixels that carry a "
-        "label).\n"
+        "label)."
+        + (
+            f" GrabCut on images shrunk to {args.grabcut_max_side} pixels."
+            if args.grabcut_max_side
+            else ""
+        )
+        + "\n"
     )
     return "\n".join(parts)
 
@@ -403,6 +427,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=600.0, help="CPU training s per entry")
     parser.add_argument("--rounds", type=int, default=3, help="recursive training rounds")
     parser.add_argument("--max-epochs", type=int, default=1000, help="the budget decides")
+    parser.add_argument(
+        "--grabcut-max-side", type=int, help="GrabCut on images shrunk to this side (speed)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kitti-data", type=Path, default=KITTI_DATA, help="KITTI data_road")
     parser.add_argument("--camvid-data", type=Path, default=CAMVID_DATA, help="CamVid folder")
