@@ -257,6 +257,12 @@ def test_two_rounds_keep_both_rounds_labels_and_quality(road, tmp_path):
     assert run.best.is_file() and run.is_finished()
     assert run.read_config().data.labels == str((run / "rounds/round_1/labels").resolve())
     assert run.read_config().train.rounds == 2
+    summary = json.loads((run / "rounds" / "summary.json").read_text())
+    assert [row["round"] for row in summary] == [0, 1]
+    assert summary[1]["val"] == run.read_eval()["groups"]["all"]
+    assert summary[0]["label_quality"]["miou"] == pytest.approx(
+        json.loads((run / "rounds/round_0/quality.json").read_text())["quality"]["miou"]
+    )
 
     # killed while writing round 1's labels: --resume keeps round 0 and redoes the rest
     first_run = RunDir(run / "rounds" / "round_0" / "run")

@@ -12,6 +12,7 @@ result from scratch. The run folder holds every round::
     rounds/round_K/labels/NAME.png  round K's training labels (255 = ignore)
     rounds/round_K/quality.json     their quality against the ground truth (where masks exist)
     rounds/round_K/run/             round K's own run folder (every round but the last)
+    rounds/summary.json             every round's label quality and validation scores
 
 and the last round is trained in the run folder itself, so its ``checkpoints/best.ckpt`` and
 ``eval_val.json`` are the result. ``train.max_time_s`` is the budget of all rounds together
@@ -33,6 +34,7 @@ and their labels are kept, the round in progress resumes from its last checkpoin
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from semseg.data.labels import read_label_png
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.io import atomic_open, write_json_atomic, write_png_atomic
-from semseg.runs import RUN_DIR_ENV, RunDir, is_loadable, is_rank_zero
+from semseg.runs import RUN_DIR_ENV, RunDir, is_loadable, is_rank_zero, run_groups
 from semseg.training import Prepare, _train_in, append_line, prepare_data, with_data_classes
 from semseg.weak.boxes import Box, ImageBoxes, read_boxes
 from semseg.weak.jobs import BoxData, open_box_data
@@ -230,6 +232,19 @@ def train_rounds(config: Config, run: RunDir, resume: bool) -> None:
         following = round_dir(run, index + 1)
         if not (following / QUALITY_FILE).is_file():
             write_next_labels(config, images, sub.best_checkpoint(), first, following)
+    write_rounds_summary(run, rounds)
+
+
+def write_rounds_summary(run: RunDir, rounds: int) -> None:
+    """``rounds/summary.json``: each round's label quality and validation scores."""
+    rows = []
+    for index in range(rounds):
+        folder = round_dir(run, index)
+        labels = json.loads((folder / QUALITY_FILE).read_text()).get("quality")
+        scored = RunDir(folder / "run") if index < rounds - 1 else run
+        val = run_groups(scored.read_eval())["all"] if scored.is_finished() else None
+        rows.append({"round": index, "label_quality": labels, "val": val})
+    write_json_atomic(run / ROUNDS / "summary.json", rows)
 
 
 def write_first_labels(config: Config, images: BoxedImages, folder: Path) -> None:
