@@ -353,4 +353,9 @@ def test_rounds_and_boxsup_need_boxes(road, tmp_path, semseg):
     assert_one_line_error(
         semseg(*common, "--supervision", "boxsup"), "--supervision boxsup needs --boxes"
     )
+    boxes = ("--boxes", str(road["boxes"]), "--supervision", "boxsup")
+    assert_one_line_error(
+        semseg(*common, *boxes, "--set", "data.num_workers=2"), "set data.num_workers=0"
+    )
+    assert_one_line_error(semseg(*common, *boxes, "--rounds", "2"), "drop --rounds and --labels")
     assert not (tmp_path / "r").exists()

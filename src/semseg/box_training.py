@@ -141,6 +141,11 @@ def train_from_boxes(
     config = with_data_classes(resolve_config(config, run.path))
     check_given_split(config.data)
     require_extras(config)
+    if config.train.supervision == "boxsup" and config.data.num_workers > 0:
+        raise SemsegError(
+            "--supervision boxsup changes the labels in memory before every epoch: "
+            "set data.num_workers=0"
+        )
     if not resume:
         run.check_new(overwrite)
     with run.lock():
