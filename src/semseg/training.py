@@ -403,6 +403,10 @@ def train(
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, run_dir=str(run_dir))
         )
+    if config.train.rounds > 1 or config.train.supervision == "boxsup":
+        from semseg.box_training import train_from_boxes  # recursive rounds, BoxSup
+
+        return train_from_boxes(config, resume=resume, overwrite=overwrite)
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     synthetic = config.data.kind == "synthetic"
     config = resolve_config(config, run.path)  # validated; never changed during the run
@@ -421,7 +425,13 @@ def train(
         return _train_in(config, run, resume is not None, synthetic)
 
 
-def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Path:
+# Called with the run's data before the task is built; returns callbacks to add (BoxSup).
+Prepare = Callable[[Config, RunDir, SegmentationDataModule], list[Callback]]
+
+
+def _train_in(
+    config: Config, run: RunDir, resume: bool, synthetic: bool, prepare: Prepare | None = None
+) -> Path:
     """Data, split, config, fit and the finished run's outputs, in an existing run folder."""
     prepare_data(config, synthetic)
     samples = index_samples(config.data)
@@ -435,9 +445,11 @@ def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Pat
     if datamodule.skipped:
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")
+    callbacks = prepare(config, run, datamodule) if prepare is not None else []
     task = build_task(config, training_class_weights(config, run, datamodule))
     progress = config.train.progress and sys.stdout.isatty()
     trainer = build_trainer(config, run, progress)
+    trainer.callbacks.extend(callbacks)
     ckpt_path = run.resume_checkpoint() if resume else None
     if ckpt_path is not None:
         check_resumable(config, ckpt_path)
