@@ -329,6 +329,7 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         "backbone": model.backbone,
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
+        **model_specific_options(config),
     }
     table = data_class_table(config.data)
     named = config.data.kind == "kitti" or table is not None
@@ -354,6 +355,12 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         fused_optimizer=config.train.fused_optimizer,
         class_weights=class_weights,
     )
+
+
+def model_specific_options(config: Config) -> dict[str, object]:
+    """Options only some models take (None: not set, the model's default; dropped by the
+    registry for every model): ``grid`` (hypercolumn's K)."""
+    return {"grid": config.model.grid}
 
 
 def training_class_weights(

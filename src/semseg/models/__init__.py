@@ -14,6 +14,7 @@ from semseg.models import (  # noqa: F401  (importing a module registers its mod
     deeplab,
     dilation,
     fcn,
+    hypercolumn,
     segnet,
 )
 from semseg.models.base import SegmentationModel
