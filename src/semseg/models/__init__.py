@@ -15,6 +15,7 @@ from semseg.models import (  # noqa: F401  (importing a module registers its mod
     dilation,
     fcn,
     hypercolumn,
+    maskrcnn,
     segnet,
 )
 from semseg.models.base import SegmentationModel
