@@ -235,7 +235,6 @@ def test_mask_ap_perfect_and_missing_detections() -> None:
 
 
 def test_maskrcnn_semantic_trains_and_evaluates_on_tiny_multiclass_data(tmp_path: Path) -> None:
-    from semseg.evaluation import evaluate_checkpoint
     from semseg.training import train
 
     data = write_multiclass_folder(tmp_path / "data", size=(64, 96))
@@ -251,11 +250,24 @@ def test_maskrcnn_semantic_trains_and_evaluates_on_tiny_multiclass_data(tmp_path
     assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[1])) for r in rows)
     results = json.loads((run / "eval_val.json").read_text())
     assert results["task"] == "multiclass" and 0.0 <= results["groups"]["all"]["miou"] <= 100.0
-    results = evaluate_checkpoint(run / "checkpoints" / "best.ckpt", data, split="val")
+    out = tmp_path / "eval.json"
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    result = run_cli("evaluate", str(checkpoint), "--data", str(data), "--split", "val",
+                     "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
     assert results["model"] == "maskrcnn-semantic" and results["num_images"] == 4
     if results["mask_ap"] is not None:  # pycocotools installed
         assert results["mask_ap"]["instances"] == 4  # one car per validation image
         assert 0.0 <= results["mask_ap"]["ap"] <= 100.0
+        assert "mask AP " in result.stdout and "AP50" in result.stdout
+    else:
+        assert "mask AP needs pycocotools" in result.stdout
+    with pytest.raises(SemsegError, match="does not export"):
+        from semseg.inference.checkpoint import load_model
+        from semseg.inference.onnx_export import export_onnx
+
+        export_onnx(load_model(checkpoint), tmp_path / "m.onnx")
 
 
 def test_maskrcnn_semantic_refuses_data_without_countable_classes(tmp_path: Path) -> None:
