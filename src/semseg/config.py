@@ -134,6 +134,8 @@ class ModelConfig:
     width_mult: float = setting(1.0, gt=0.0, le=8.0)
     pretrained: bool = False
     backbone_weights: str | None = None
+    # hypercolumn: K of the K x K location-specific classifiers; null: the model's default
+    grid: int | None = setting(None, ge=1, le=16)
 
 
 def _accelerators() -> tuple[str, ...]:

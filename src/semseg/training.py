@@ -44,6 +44,7 @@ from semseg.runs import RUN_DIR_ENV, RunDir, is_rank_zero, save_checkpoint_atomi
 from semseg.tasks.balancing import load_class_weights, median_frequency_weights, save_class_weights
 from semseg.tasks.segmentation import SegmentationTask
 
+MASKRCNN = "maskrcnn-semantic"  # trained by semseg.tasks.instances
 METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
 
 
@@ -329,11 +330,12 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         "backbone": model.backbone,
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
+        **model_specific_options(config),
     }
     table = data_class_table(config.data)
     named = config.data.kind == "kitti" or table is not None
     names = class_names_of(config)
-    return SegmentationTask(
+    return task_class(model.name)(
         model_name=model.name,
         num_classes=model.num_classes,
         model_options=options,
@@ -354,6 +356,34 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         fused_optimizer=config.train.fused_optimizer,
         class_weights=class_weights,
     )
+
+
+def model_specific_options(config: Config) -> dict[str, object]:
+    """Options only some models take (None: not set, the model's default; dropped by the
+    registry for every model): ``grid`` (hypercolumn's K); for maskrcnn-semantic ``things``,
+    the countable classes of the class table (its instance classes)."""
+    options: dict[str, object] = {"grid": config.model.grid}
+    if config.model.name == MASKRCNN:
+        from semseg.weak.derive import thing_ids
+
+        names = class_names_of(config)
+        things = thing_ids(names)
+        if not things or len(things) == len(names):
+            raise SemsegError(
+                f"{MASKRCNN} needs countable classes (car, pedestrian, bicyclist, sign_symbol, "
+                f"pole, ...) and stuff classes; the classes are {', '.join(names)}"
+            )
+        options["things"] = things
+    return options
+
+
+def task_class(model_name: str) -> type[SegmentationTask]:
+    """The task that trains ``model_name``: Mask R-CNN's own, the segmentation task else."""
+    if model_name == MASKRCNN:
+        from semseg.tasks.instances import MaskRCNNSemanticTask
+
+        return MaskRCNNSemanticTask
+    return SegmentationTask
 
 
 def training_class_weights(

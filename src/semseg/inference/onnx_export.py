@@ -153,6 +153,11 @@ def export_onnx(
 
     if loaded.model is None:
         raise SemsegError(f"{loaded.path} has no torch model to export")
+    if not getattr(loaded.model, "onnx_exportable", True):
+        raise SemsegError(
+            f"model {loaded.model_name!r} does not export to ONNX (its detections and pasting "
+            "are data-dependent); evaluate and predict it with torch"
+        )
     check_opset(opset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

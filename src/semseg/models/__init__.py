@@ -14,6 +14,8 @@ from semseg.models import (  # noqa: F401  (importing a module registers its mod
     deeplab,
     dilation,
     fcn,
+    hypercolumn,
+    maskrcnn,
     segnet,
 )
 from semseg.models.base import SegmentationModel
