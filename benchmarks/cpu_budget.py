@@ -56,7 +56,10 @@ from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
 DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
 SMP_UNET = "smp-unet-resnet18"
 LRASPP = "tv-lraspp-mobilenetv3"
-PEERS = (SMP_UNET, LRASPP)
+# The same with PyTorch's default BatchNorm momentum (0.1) instead of torchvision MobileNetV3's
+# 0.01: at a few hundred steps from scratch the 0.01 running statistics still lag the weights.
+LRASPP_BN = "tv-lraspp-mobilenetv3-bn01"
+PEERS = (SMP_UNET, LRASPP, LRASPP_BN)
 FAST_CONFIG = {"kitti": "kitti_fast_cpu", "camvid": "camvid_fast_cpu"}
 # CamVid: every architecture of the registry with the CamVid fast recipe, and the two peers a
 # user would pick instead, with the same recipe (models without a ResNet encoder keep VGG16).
@@ -69,6 +72,7 @@ CAMVID_MODELS = (
     "fcn8s:resnet18",
     LRASPP,
     SMP_UNET,
+    LRASPP_BN,
     "fcn8s:resnet18@mfb",
     "fcn8s:mobilenet_v3_large",
     "fcn8s:resnet18@full",
@@ -160,7 +164,8 @@ def register_smp_unet() -> None:
 
 def register_lraspp() -> None:
     """Register ``tv-lraspp-mobilenetv3``: torchvision's LR-ASPP on MobileNetV3-Large
-    (Howard et al., ICCV 2019), ``weights=None`` and ``weights_backbone=None`` (from scratch)."""
+    (Howard et al., ICCV 2019), ``weights=None`` and ``weights_backbone=None`` (from scratch),
+    and ``tv-lraspp-mobilenetv3-bn01``, the same with BatchNorm momentum 0.1."""
     from semseg.models import list_models, register_model
     from semseg.models.base import SegmentationModel
 
@@ -168,6 +173,8 @@ def register_lraspp() -> None:
         return
 
     class TorchvisionLRASPP(SegmentationModel):
+        bn_momentum: float | None = None  # None: torchvision's own (0.01)
+
         def __init__(self, num_classes: int, **_: object) -> None:
             super().__init__(num_classes)
             from torchvision.models.segmentation import lraspp_mobilenet_v3_large
@@ -175,11 +182,19 @@ def register_lraspp() -> None:
             self.net = lraspp_mobilenet_v3_large(
                 weights=None, weights_backbone=None, num_classes=num_classes
             )
+            if self.bn_momentum is not None:
+                for module in self.net.modules():
+                    if isinstance(module, torch.nn.BatchNorm2d):
+                        module.momentum = self.bn_momentum
 
         def forward_normalized(self, x):
             return self.net(x)["out"]
 
+    class TorchvisionLRASPPDefaultMomentum(TorchvisionLRASPP):
+        bn_momentum = 0.1
+
     register_model(LRASPP)(TorchvisionLRASPP)
+    register_model(LRASPP_BN)(TorchvisionLRASPPDefaultMomentum)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from conftest import (
 from PIL import Image
 
 from semseg.config import IGNORE_INDEX
+from semseg.evaluation import evaluate_checkpoint
+from semseg.models import list_models
 from semseg.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -192,3 +194,29 @@ def test_camvid_as_it_is_trains_and_scores_its_validation_images(tmp_path: Path)
     assert results["classes"][0] == "sky" and results["classes"][-1] == "bicyclist"
     split = json.loads((run_dir / "split.json").read_text())
     assert (len(split["train"]), len(split["val"])) == (367, 101)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_trains_and_evaluates_on_multiclass_data(
+    name: str, data: Path, tmp_path: Path
+):
+    config = tiny_config(tmp_path, epochs=1)
+    config.data.kind, config.data.root = "folder", str(data)
+    config.data.height, config.data.width = 32, 48
+    config.model.name = name
+    encoders = {"segnet": "vgg16_bn", "fcn8s": "resnet18", "fcn16s": "resnet18"}
+    config.model.backbone = encoders.get(name, "vgg16")
+    if config.model.backbone == "resnet18":
+        config.model.width_mult = 1.0  # torchvision's ResNets have no width knob
+    config.train.overlay_samples = 1
+    run = train(config)
+    assert json.loads((run / "eval_val.json").read_text())["task"] == "multiclass"
+    results = evaluate_checkpoint(run / "checkpoints" / "best.ckpt", data, split="val")
+    assert results["classes"] == NAMES
+    confusion = np.asarray(results["confusion"])
+    valid_pixels = sum(
+        int((np.asarray(Image.open(mask)) != 3).sum())
+        for mask in sorted((data / "val" / "masks").glob("*.png"))
+    )
+    assert confusion.shape == (3, 3) and confusion.sum() == valid_pixels
+    assert 0.0 <= results["groups"]["all"]["miou"] <= 100.0

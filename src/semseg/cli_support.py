@@ -91,6 +91,24 @@ def print_multiclass_scores(results: dict, title: str) -> None:
     table.add_row("frequency-weighted IoU", _percent(overall.get("fwiou")), "")
     console.print(table)
     console.print(f"{overall.get('num_images', 0)} images, void pixels ignored")
+    if "mask_ap_note" in results:
+        print_mask_ap(results)
+
+
+def print_mask_ap(results: dict) -> None:
+    """An instance model's mask AP (maskrcnn-semantic), or why there is none."""
+    scores = results.get("mask_ap")
+    if scores is None:
+        console.print(results["mask_ap_note"], markup=False)
+        return
+    per_class = ", ".join(f"{name} {_percent(ap)}" for name, ap in scores["per_class"].items())
+    console.print(
+        f"mask AP {_percent(scores['ap'])}  AP50 {_percent(scores['ap50'])}  "
+        f"AP75 {_percent(scores['ap75'])}  ({per_class}; {scores['instances']} instances, "
+        f"{scores['detections']} detections)",
+        markup=False,
+    )
+    console.print(results["mask_ap_note"], markup=False)
 
 
 def _percent(value: float | None) -> str:

@@ -42,6 +42,18 @@ def build_train_config(
     return cfg
 
 
+def weak_flags(
+    labels: Path | None, boxes: Path | None, rounds: int | None, supervision: str | None
+) -> dict[str, object]:
+    """The weak-supervision flags of ``train`` as config fields (semseg.box_training)."""
+    return {
+        "data.labels": None if labels is None else str(labels),
+        "data.boxes": None if boxes is None else str(boxes),
+        "train.rounds": rounds,
+        "train.supervision": supervision,
+    }
+
+
 @train_app.command()
 def train(
     config: Annotated[str | None, typer.Option(help="Config file or packaged name.")] = None,
@@ -83,6 +95,19 @@ def train(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow reusing an existing run folder.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Train on these label PNGs (NAME.png, 255 = ignore), not the masks."),
+    ] = None,
+    boxes: Annotated[
+        Path | None, typer.Option(help="Box annotations (COCO JSON or VOC XML folder).")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Recursive training rounds from --boxes.")
+    ] = None,
+    supervision: Annotated[
+        str | None, typer.Option(help="full, or boxsup (BoxSup from --boxes).")
+    ] = None,
 ) -> None:
     """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml)."""
     from semseg.training import train as run_training
@@ -110,6 +135,7 @@ def train(
         "model.backbone": backbone,
         "model.backbone_weights": backbone_weights,
         "data.skip_bad": skip_bad,
+        **weak_flags(labels, boxes, rounds, supervision),
     }
     cfg = build_train_config(config, resume, list(set_ or []), flags)
     finished = run_training(cfg, resume=resume, overwrite=overwrite)

@@ -34,6 +34,7 @@ class DeriveTarget(StrEnum):
     """What ``semseg derive --to`` makes from full masks."""
 
     boxes = "boxes"
+    instances = "instances"
 
 
 class Method(StrEnum):
@@ -101,18 +102,56 @@ def derive_summary(summary: dict[str, Any]) -> str:
     return line
 
 
+# --- derive --to instances (Mask R-CNN's ground truth) -----------------------------------------
+
+INSTANCES_FILE = "instances.json"  # semseg.weak.instances.INSTANCES_FILE
+
+
+def derive_instances_command(request: DeriveRequest) -> None:
+    """``--to instances``: one instance per connected component of each countable class, as
+    COCO instance-segmentation JSON (RLE masks) in OUT/instances.json."""
+    from semseg.weak.extras import load_cv2
+
+    load_cv2()  # connected components: fail before reading any data
+    from semseg.weak.instances import derive_instances
+
+    with progress_bar() as bar:
+        task = bar.add_task("deriving instances", total=None)
+        summary = derive_instances(
+            request.data,
+            request.out / INSTANCES_FILE,
+            min_area=request.min_area,
+            class_table=request.class_table,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    per_class = ", ".join(f"{name}: {count}" for name, count in summary["per_class"].items())
+    info(
+        f"derived {summary['instances']} instance(s) from {summary['images']} image(s) "
+        f"({per_class}) -> {summary['out']}"
+    )
+
+
 DERIVERS: dict[DeriveTarget, Callable[[DeriveRequest], None]] = {
     DeriveTarget.boxes: derive_boxes_command,
+    DeriveTarget.instances: derive_instances_command,
 }
 
 
 @weak_app.command()
 def derive(
-    to: Annotated[DeriveTarget, typer.Option("--to", help="What to derive from the masks: boxes.")],
+    to: Annotated[
+        DeriveTarget,
+        typer.Option("--to", help="What to derive from the masks: boxes, instances."),
+    ],
     data: Annotated[
         Path, typer.Option(help="Dataset with full masks: KITTI data_road, a folder, VOC, ...")
     ],
-    out: Annotated[Path, typer.Option(help=f"Output folder (boxes: OUT/{BOXES_FILE}).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help=f"Output folder (boxes: OUT/{BOXES_FILE}; instances: OUT/{INSTANCES_FILE})."
+        ),
+    ],
     min_area: Annotated[
         int, typer.Option(min=1, help="Fewest pixels a mask component needs to get a box.")
     ] = DEFAULT_MIN_AREA,
@@ -123,6 +162,9 @@ def derive(
     """Weak labels derived from full masks, to measure weak supervision against full.
 
     boxes: a box per connected component of each non-background class, as COCO detection JSON.
+    instances: a mask per connected component of each countable class (car, pedestrian,
+    bicyclist, sign_symbol, pole), as COCO instance JSON with RLE masks (maskrcnn-semantic's
+    mask AP ground truth).
     """
     from semseg.io import check_output_dir
 

@@ -82,6 +82,8 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, **rule: 
     return field(default=default, metadata=rule)
 
 
+# semseg.weak.pseudolabels.METHODS (spelled out: that module loads numpy and OpenCV)
+BOX_METHODS = ("box", "box-i", "grabcut", "grabcut-i", "candidates", "m-and-g")
 KINDS = ("kitti", "folder", "voc", "cityscapes", "synthetic")
 MAX_INPUT_SIDE = 8192  # pixels; larger training inputs are refused, not allocated
 
@@ -108,6 +110,11 @@ class DataConfig:
     synthetic_train: int = setting(200, ge=2)
     synthetic_size: list[int] = setting(factory=lambda: [375, 1242], items=2, ge=16, le=8192)
     skip_bad: bool = False  # skip unreadable samples with a counted warning instead of failing
+    # Weak supervision: train on these label PNGs (NAME.png per training image, 255 = ignore)
+    # instead of the ground-truth masks (validation keeps the ground truth); box annotations
+    # (COCO JSON or a folder of VOC XML) for train.rounds > 1 and train.supervision=boxsup.
+    labels: str | None = None
+    boxes: str | None = None
     # region models: the proposal cache (semseg proposals --out); None: ~/.cache/semseg/proposals
     proposals_dir: str | None = None
 
@@ -129,6 +136,8 @@ class ModelConfig:
     width_mult: float = setting(1.0, gt=0.0, le=8.0)
     pretrained: bool = False
     backbone_weights: str | None = None
+    # hypercolumn: K of the K x K location-specific classifiers; null: the model's default
+    grid: int | None = setting(None, ge=1, le=16)
     # region models (rcnn-regions, sds): how an image's region proposals are made
     proposals: str = setting(
         "felzenszwalb", choices=("felzenszwalb", "slic", "selective-search"), what="proposals"
@@ -186,6 +195,13 @@ class TrainConfig:
     out_dir: str = "runs"
     run_dir: str | None = None  # an explicit run folder instead of out_dir/name-timestamp
     progress: bool = True
+    # Weak supervision from data.boxes (semseg.box_training): "full" trains on the masks (or
+    # data.labels); "boxsup" chooses each box's candidate segment per epoch (BoxSup).
+    supervision: str = setting("full", choices=("full", "boxsup"))
+    rounds: int = setting(1, ge=1)  # recursive training rounds (Simple Does It); 1: plain
+    round_method: str = setting("box", choices=BOX_METHODS)  # round 0's labels from the boxes
+    round_crf: bool = False  # dense-CRF refinement of each later round's labels
+    boxsup_lambda: float = setting(3.0, ge=0.0)  # BoxSup: weight of the network's cross-entropy
 
 
 # Fields that older releases wrote into config.yaml but that no longer do anything: a run's
@@ -413,6 +429,24 @@ def check_cross_fields(config: Config) -> None:
         raise SemsegError(
             f"KITTI road/lane has 2 classes, but model.num_classes={model.num_classes}"
         )
+    check_weak_fields(config)
+
+
+def check_weak_fields(config: Config) -> None:
+    """The weak-supervision fields: folders and files that exist, and boxes where needed."""
+    data, train = config.data, config.train
+    if data.labels is not None and not Path(data.labels).is_dir():
+        raise SemsegError(f"--labels {data.labels}: label folder not found")
+    if data.boxes is not None and not Path(data.boxes).exists():
+        raise SemsegError(f"--boxes {data.boxes}: box file not found")
+    needs_boxes = train.rounds > 1 or train.supervision == "boxsup"
+    if needs_boxes and data.boxes is None:
+        what = "--rounds" if train.rounds > 1 else "--supervision boxsup"
+        raise SemsegError(f"{what} needs --boxes FILE (COCO JSON or a folder of VOC XML)")
+    if train.supervision == "boxsup" and (train.rounds > 1 or data.labels is not None):
+        raise SemsegError(
+            "--supervision boxsup chooses its own labels every epoch: drop --rounds and --labels"
+        )
 
 
 def resolve_config(config: Config, run_dir: Path) -> Config:
@@ -423,6 +457,9 @@ def resolve_config(config: Config, run_dir: Path) -> Config:
     run's ``config.yaml`` holds, so a resumed run reads the same data.
     """
     resolved = copy.deepcopy(validate(config))
+    for key in ("labels", "boxes"):  # the run records where its labels came from
+        if getattr(resolved.data, key) is not None:
+            setattr(resolved.data, key, str(Path(getattr(resolved.data, key)).resolve()))
     if resolved.data.kind == "synthetic":
         resolved.data.kind = "kitti"
         resolved.data.root = str(Path(run_dir) / "data")

@@ -14,6 +14,8 @@ Everything a training run produces lands in one folder (``runs/<name>-<timestamp
                       (multi-class: mIoU, class-average and global accuracy, per class)
     eval_val/         multi-class: confusion.png, class_iou.png, multiclass.md
     data/             synthetic scenes generated for the run (``data.kind: synthetic``)
+    rounds/, boxsup/  training from boxes: each round's labels, BoxSup's candidates and labels
+                      (:mod:`semseg.box_training`)
     .lock             held by the process writing the run (a second writer is refused)
 
 ``semseg demo`` adds ``heldout/``, ``eval_heldout.json``, ``heldout_overlays/`` and
@@ -64,6 +66,8 @@ RUN_ENTRIES = frozenset(
         "heldout_overlays",
         "eval_heldout.json",
         "report.md",
+        "rounds",  # recursive training from boxes: each round's labels, quality and run
+        "boxsup",  # BoxSup: candidate segments, the current labels, quality per epoch
         LOCK_NAME,
     }
 )

@@ -45,6 +45,7 @@ from semseg.runs import RUN_DIR_ENV, RunDir, is_rank_zero, save_checkpoint_atomi
 from semseg.tasks.balancing import load_class_weights, median_frequency_weights, save_class_weights
 from semseg.tasks.segmentation import SegmentationTask
 
+MASKRCNN = "maskrcnn-semantic"  # trained by semseg.tasks.instances
 METRIC_COLUMNS = ("val_loss", "val_maxf", "val_ap", "val_iou", "val_miou", "val_acc")
 
 
@@ -322,15 +323,6 @@ def with_data_classes(config: Config) -> Config:
     return dataclasses.replace(config, model=model)
 
 
-def task_class(model_name: str) -> type[SegmentationTask]:
-    """The task that trains model ``model_name``: the region task for region models."""
-    if is_region_model(model_name):
-        from semseg.tasks.regions import RegionTask
-
-        return RegionTask
-    return SegmentationTask
-
-
 def datamodule_class(model_name: str) -> type[SegmentationDataModule]:
     """The data for model ``model_name``: with each image's regions for region models."""
     if is_region_model(model_name):
@@ -348,6 +340,7 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         "backbone": model.backbone,
         "pretrained": model.pretrained,
         "backbone_weights": model.backbone_weights,
+        **model_specific_options(config),
         "proposals": model.proposals,
     }
     table = data_class_table(config.data)
@@ -374,6 +367,39 @@ def build_task(config: Config, class_weights: list[float] | None = None) -> Segm
         fused_optimizer=config.train.fused_optimizer,
         class_weights=class_weights,
     )
+
+
+def model_specific_options(config: Config) -> dict[str, object]:
+    """Options only some models take (None: not set, the model's default; dropped by the
+    registry for every model): ``grid`` (hypercolumn's K); for maskrcnn-semantic ``things``,
+    the countable classes of the class table (its instance classes)."""
+    options: dict[str, object] = {"grid": config.model.grid}
+    if config.model.name == MASKRCNN:
+        from semseg.weak.derive import thing_ids
+
+        names = class_names_of(config)
+        things = thing_ids(names)
+        if not things or len(things) == len(names):
+            raise SemsegError(
+                f"{MASKRCNN} needs countable classes (car, pedestrian, bicyclist, sign_symbol, "
+                f"pole, ...) and stuff classes; the classes are {', '.join(names)}"
+            )
+        options["things"] = things
+    return options
+
+
+def task_class(model_name: str) -> type[SegmentationTask]:
+    """The task that trains ``model_name``: Mask R-CNN's own, the region task for region models,
+    the segmentation task else."""
+    if model_name == MASKRCNN:
+        from semseg.tasks.instances import MaskRCNNSemanticTask
+
+        return MaskRCNNSemanticTask
+    if is_region_model(model_name):
+        from semseg.tasks.regions import RegionTask
+
+        return RegionTask
+    return SegmentationTask
 
 
 def training_class_weights(
@@ -423,6 +449,10 @@ def train(
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, run_dir=str(run_dir))
         )
+    if config.train.rounds > 1 or config.train.supervision == "boxsup":
+        from semseg.box_training import train_from_boxes  # recursive rounds, BoxSup
+
+        return train_from_boxes(config, resume=resume, overwrite=overwrite)
     run = RunDir.of_resume(resume) if resume else RunDir.for_config(config)
     synthetic = config.data.kind == "synthetic"
     config = resolve_config(config, run.path)  # validated; never changed during the run
@@ -441,7 +471,13 @@ def train(
         return _train_in(config, run, resume is not None, synthetic)
 
 
-def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Path:
+# Called with the run's data before the task is built; returns callbacks to add (BoxSup).
+Prepare = Callable[[Config, RunDir, SegmentationDataModule], list[Callback]]
+
+
+def _train_in(
+    config: Config, run: RunDir, resume: bool, synthetic: bool, prepare: Prepare | None = None
+) -> Path:
     """Data, split, config, fit and the finished run's outputs, in an existing run folder."""
     prepare_data(config, synthetic)
     samples = index_samples(config.data)
@@ -455,9 +491,11 @@ def _train_in(config: Config, run: RunDir, resume: bool, synthetic: bool) -> Pat
     if datamodule.skipped:
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")
+    callbacks = prepare(config, run, datamodule) if prepare is not None else []
     task = build_task(config, training_class_weights(config, run, datamodule))
     progress = config.train.progress and sys.stdout.isatty()
     trainer = build_trainer(config, run, progress)
+    trainer.callbacks.extend(callbacks)
     ckpt_path = run.resume_checkpoint() if resume else None
     if ckpt_path is not None:
         check_resumable(config, ckpt_path)

@@ -80,6 +80,18 @@ def make_reader(data: DataConfig, num_classes: int) -> SampleReader:
     return read_sample
 
 
+def make_train_reader(config: Config) -> SampleReader:
+    """How the training images are read: with their masks, or with the labels of
+    ``data.labels`` (``train --labels``), or (BoxSup) with labels the trainer sets per epoch."""
+    from semseg.data.labels import label_folder_reader, unlabelled_reader
+
+    if config.train.supervision == "boxsup":
+        return unlabelled_reader
+    if config.data.labels is not None:
+        return label_folder_reader(config.data.labels, config.model.num_classes)
+    return make_reader(config.data, config.model.num_classes)
+
+
 def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> dict[str, list[str]]:
     """Deterministic train/val split of sample names, stratified by category (samples without
     one form one stratum, seeded as ``"all"`` so their split is the one earlier releases made)."""
@@ -127,6 +139,13 @@ class SegmentationDataset(Dataset):
             self._cache[index] = self.reader(self.samples[index])
         return self._cache[index]
 
+    def set_target(self, index: int, mask: np.ndarray) -> None:
+        """Replace sample ``index``'s mask (labels chosen during training, e.g. BoxSup's)."""
+        image, old = self.load(index)
+        if mask.shape != old.shape:
+            raise ValueError(f"mask {mask.shape} for an image of {old.shape}")
+        self._cache[index] = (image, mask)
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, mask = self.load(index)
         return apply(self.transform, image, mask)
@@ -143,7 +162,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_samples = [by_name[name] for name in split["val"] if name in by_name]
         reader = make_reader(config.data, config.model.num_classes)
         self.train_set = SegmentationDataset(
-            self.train_samples, reader, build_transforms(config.data, train=True)
+            self.train_samples, make_train_reader(config), build_transforms(config.data, train=True)
         )
         self.val_set = SegmentationDataset(
             self.val_samples, reader, build_transforms(config.data, train=False)

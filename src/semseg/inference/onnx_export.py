@@ -155,8 +155,8 @@ def export_onnx(
         raise SemsegError(f"{loaded.path} has no torch model to export")
     if not getattr(loaded.model, "onnx_exportable", True):
         raise SemsegError(
-            f"model {loaded.model_name!r} cannot be exported to ONNX: it computes its region "
-            "proposals outside the network"
+            f"model {loaded.model_name!r} does not export to ONNX (its proposals, detections or "
+            "pasting are data-dependent); evaluate and predict it with torch"
         )
     check_opset(opset)
     out = Path(out)

@@ -16,6 +16,8 @@ from semseg.models import (  # noqa: F401  (importing a module registers its mod
     deeplab,
     dilation,
     fcn,
+    hypercolumn,
+    maskrcnn,
     regions,
     segnet,
 )

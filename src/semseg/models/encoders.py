@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -279,13 +280,19 @@ class MobileNetV3Encoder(Encoder):
 
     Stages: the last block at each stride: features.1 (2), 3 (4), 6 (8), 12 (16) and 16 (32,
     the 960-channel 1x1 convolution). A dropout (``1 - keep_prob``) follows features.16.
+    BatchNorm momentum is PyTorch's default 0.1, not torchvision's 0.01 (tuned for its long
+    ImageNet schedule): over a few hundred steps the 0.01 running statistics lag the weights and
+    the model scores far worse in eval mode than in training (BENCHMARKS.md, "CamVid").
     """
 
     def __init__(self, keep_prob: float = 1.0) -> None:
         super().__init__()
         import torchvision
 
-        self.features = torchvision.models.mobilenet_v3_large(weights=None).features
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+        self.features = torchvision.models.mobilenet_v3_large(
+            weights=None, norm_layer=norm_layer
+        ).features
         self.dropout = nn.Dropout(p=1.0 - keep_prob)
         stages: list[StageInfo] = []
         stride = 1

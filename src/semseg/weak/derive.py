@@ -8,6 +8,9 @@ ignored pixels (255) belong to no component.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from semseg.config import IGNORE_INDEX
@@ -51,4 +54,80 @@ def boxes_from_mask(
     return boxes
 
 
-__all__ = ["DEFAULT_MIN_AREA", "boxes_from_mask"]
+# --- instances (Mask R-CNN's targets and the ground truth of its mask AP) --------------------
+
+COUNTABLE_CLASSES = frozenset(
+    {
+        # CamVid's countable ("thing") classes
+        "car",
+        "pedestrian",
+        "bicyclist",
+        "sign_symbol",
+        "pole",
+        # Cityscapes' and VOC's
+        "person",
+        "rider",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "motorbike",
+        "bicycle",
+    }
+)
+"""Class names (lower case) whose connected components are instances."""
+DEFAULT_INSTANCE_MIN_AREA = 20  # pixels of a component at the training resolution
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance: its training id, its ``(H, W)`` boolean mask and its tight box."""
+
+    label: int
+    mask: np.ndarray
+    box: Box
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def thing_ids(names: Sequence[str]) -> list[int]:
+    """Training ids of the countable classes among ``names`` (:data:`COUNTABLE_CLASSES`)."""
+    return [index for index, name in enumerate(names) if name.lower() in COUNTABLE_CLASSES]
+
+
+def instances_from_mask(
+    mask: np.ndarray, things: Sequence[int], min_area: int = 1
+) -> list[Instance]:
+    """Every 8-connected component of each class in ``things`` with at least ``min_area``
+    pixels, as an instance (classes in the order of ``things``, components in OpenCV's raster
+    order of their first pixels). Ignored pixels (255) belong to no component; touching
+    instances of one class (a group of pedestrians) become one."""
+    if mask.ndim != 2:
+        raise SemsegError(f"derive instances: expected an (H, W) mask, got shape {mask.shape}")
+    if min_area < 1:
+        raise SemsegError(f"--min-area must be at least 1, got {min_area}")
+    cv2 = load_cv2()
+    instances = []
+    for label in things:
+        binary = (mask == label).astype(np.uint8)
+        if not binary.any():
+            continue
+        count, components, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        for component in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[component])
+            if area >= min_area:
+                box = Box(x, y, x + w, y + h, int(label))
+                instances.append(Instance(int(label), components == component, box))
+    return instances
+
+
+__all__ = [
+    "COUNTABLE_CLASSES",
+    "DEFAULT_MIN_AREA",
+    "Instance",
+    "boxes_from_mask",
+    "instances_from_mask",
+    "thing_ids",
+]

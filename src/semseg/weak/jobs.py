@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from semseg.config import IGNORE_INDEX
 from semseg.data.classes import ClassTable, class_table_from_entries
 from semseg.data.folder import index_folder, is_split_layout, read_mask
 from semseg.data.kitti import find_training_root, index_split, read_gt_mask
+from semseg.data.labels import read_label_png
 from semseg.data.multiclass import class_table_for, detect_kind, sample_reader, split_samples
 from semseg.data.sample import Sample
 from semseg.errors import SemsegError
 from semseg.inference.crf import CRFParams, require_backend
-from semseg.io import open_image, read_rgb, write_json_atomic, write_png_atomic
+from semseg.io import read_rgb, write_json_atomic, write_png_atomic
 from semseg.weak.boxes import ImageBoxes, read_boxes, write_coco
 from semseg.weak.derive import DEFAULT_MIN_AREA, boxes_from_mask
 from semseg.weak.pseudolabels import PseudoLabelParams, check_method, pseudo_label, refine_labels
@@ -231,25 +231,6 @@ def _check_size(image: np.ndarray, annotation: ImageBoxes, sample: Sample) -> No
             f"{sample.image_path}: the boxes are for a {annotation.width}x{annotation.height} "
             f"image but it is {width}x{height}"
         )
-
-
-def read_label_png(path: str | Path, num_classes: int, shape: tuple[int, int]) -> np.ndarray:
-    """A pseudo-label PNG as training ids ``(H, W)`` uint8 (for ``train --labels DIR``)."""
-    image = open_image(path)
-    if image.mode not in ("L", "P"):
-        raise SemsegError(f"{path}: a pseudo-label must be a single-channel PNG (got {image.mode})")
-    labels = np.asarray(image, dtype=np.uint8)
-    bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
-    if bad.any():
-        raise SemsegError(
-            f"{path}: label {int(labels[bad][0])} but there are {num_classes} classes"
-        )
-    if labels.shape != tuple(shape):
-        raise SemsegError(
-            f"{path}: size {labels.shape[1]}x{labels.shape[0]} differs from its image "
-            f"{shape[1]}x{shape[0]}"
-        )
-    return labels
 
 
 __all__ = [
