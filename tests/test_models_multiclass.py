@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import semseg.regions  # noqa: F401  (installs the proposals the region models compute)
 from semseg.models import build_model, list_models
 from semseg.models.encoders import list_encoders
 

@@ -318,3 +318,22 @@ def test_region_models_train_evaluate_and_predict(tmp_path, model_name):
     (probability,) = Predictor(loaded).predict([image])
     assert probability.shape == (3, *image.shape[:2])
     np.testing.assert_allclose(probability.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_a_region_model_given_an_image_alone_proposes_its_regions(monkeypatch):
+    pytest.importorskip("skimage")
+    import semseg.models.regions as region_models
+    from semseg.errors import SemsegError
+    from semseg.models import build_model
+    from semseg.regions.proposals import propose_tensors
+
+    torch.manual_seed(0)
+    model = build_model("rcnn-regions", 3, width_mult=1 / 16).eval()
+    image = torch.from_numpy(scene()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        alone = model(image)
+        given = model(image, propose_tensors(image, "felzenszwalb"))
+    torch.testing.assert_close(alone, given)
+    monkeypatch.setattr(region_models, "_PROPOSER", {})
+    with pytest.raises(SemsegError, match="import semseg.regions"):
+        model(image)

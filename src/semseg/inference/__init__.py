@@ -6,5 +6,6 @@ Layers, lowest first: ``machine`` (CPU probes, cache folder) and ``checkpoint`` 
 ``onnx_export``; ``autotune`` (:class:`~semseg.inference.autotune.BackendOptions` and
 :func:`~semseg.inference.autotune.choose_backend`, the one chooser of predict, evaluate and
 serve); ``predictor``. May import ``semseg.models``, ``semseg.data``, ``semseg.io`` and
-``semseg.errors``; nothing here imports the CLI, training or serving.
+``semseg.errors`` (and ``semseg.regions``, the proposals of a loaded region model); nothing here
+imports the CLI, training or serving.
 """

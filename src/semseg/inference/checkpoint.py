@@ -178,6 +178,8 @@ def load_model(
     check_finite(path, state)
     check_model_size(path, model_name, num_classes, options, state)
     model = build_model(model_name, num_classes, **options)
+    if getattr(model, "uses_regions", False):
+        import semseg.regions  # noqa: F401  (installs the proposals a region model computes)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -7,9 +7,8 @@ takes only the options it declares, an option it cannot honour is refused), the 
 (:mod:`~semseg.models.vgg`), the one backbone registry (:mod:`~semseg.models.encoders`), the one
 way of getting ImageNet or local backbone weights (:mod:`~semseg.models.weights`), and
 receptive-field arithmetic. Its modules may import only torch, torchvision, :mod:`semseg.errors`
-and each other: nothing about data, training, inference or the command line (the region models,
-:mod:`~semseg.models.regions`, import :mod:`semseg.regions` when they compute proposals: the one
-exception).
+and each other: nothing about data, training, inference or the command line (the region models'
+proposals are installed into :mod:`~semseg.models.regions` by :mod:`semseg.regions`).
 """
 
 from semseg.models import (  # noqa: F401  (importing a module registers its models)

@@ -38,12 +38,14 @@ its class distribution.
 
 Shapes: ``(N, 3, H, W) -> (N, num_classes, H, W)``.
 
-The one import outside torch and this package is :meth:`RegionCNN.propose`'s, made when it
-runs: the proposal methods of :mod:`semseg.regions.proposals` (the ``weak`` extra).
+The proposal methods (scikit-image, OpenCV: the ``weak`` extra) live in
+:mod:`semseg.regions.proposals`, outside this package; importing :mod:`semseg.regions` installs
+them here (:func:`set_proposer`), and loading a region model's checkpoint does that import.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from semseg.errors import SemsegError
 from semseg.models.base import SegmentationModel
 from semseg.models.encoders import build_encoder
 from semseg.models.registry import register_model
@@ -82,6 +85,19 @@ class RegionTensors:
 
     def to(self, device: torch.device) -> RegionTensors:
         return RegionTensors(self.label_maps.to(device), self.boxes.to(device), self.num_mapped)
+
+
+Proposer = Callable[[Tensor, str], list[RegionTensors]]
+"""``(images (N, 3, H, W) in [0, 1], method) -> the regions of each image``."""
+
+_PROPOSER: dict[str, Proposer] = {}
+
+
+def set_proposer(proposer: Proposer) -> None:
+    """Install what computes the regions of images given none: :mod:`semseg.regions` installs
+    its proposal methods when imported (this package may not import it: the proposals need
+    scikit-image and OpenCV)."""
+    _PROPOSER["installed"] = proposer
 
 
 @dataclass
@@ -294,15 +310,15 @@ class RegionCNN(SegmentationModel):
         return self.paste(outputs, regions, image.shape[-2:])
 
     def propose(self, images: Tensor) -> list[RegionTensors]:
-        """The regions of each image by the model's ``proposals`` method (default parameters)."""
-        from semseg.regions.data import regions_to_tensors
-        from semseg.regions.proposals import ProposalParams, compute_regions
-
-        params = ProposalParams(self.proposals)
-        pixels = (images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
-        return [
-            regions_to_tensors(compute_regions(p.numpy(), params)).to(images.device) for p in pixels
-        ]
+        """The regions of each image by the model's ``proposals`` method (default parameters),
+        computed by the installed :data:`Proposer` (see :func:`set_proposer`)."""
+        proposer = _PROPOSER.get("installed")
+        if proposer is None:
+            raise SemsegError(
+                f"{type(self).__name__} needs region proposals: import semseg.regions (which "
+                "installs them; loading a checkpoint does) or pass regions to forward"
+            )
+        return [r.to(images.device) for r in proposer(images, self.proposals)]
 
     # --- training ------------------------------------------------------------------------------
 
@@ -542,4 +558,5 @@ __all__ = [
     "mask_pooled_features",
     "paste_owner",
     "region_targets",
+    "set_proposer",
 ]

@@ -23,18 +23,15 @@ from semseg.config import Config
 from semseg.data.datamodule import SegmentationDataModule, SegmentationDataset
 from semseg.data.transforms import to_tv_tensors
 from semseg.models.regions import RegionTensors
-from semseg.regions.proposals import ProposalParams, Regions, cached_regions, default_cache_dir
+from semseg.regions.proposals import (
+    ProposalParams,
+    Regions,
+    cached_regions,
+    default_cache_dir,
+    regions_to_tensors,
+)
 
 RegionSample = tuple[Tensor, Tensor, RegionTensors]
-
-
-def regions_to_tensors(regions: Regions) -> RegionTensors:
-    """A :class:`Regions` as torch tensors."""
-    return RegionTensors(
-        torch.from_numpy(regions.label_maps.astype(np.int64)),
-        torch.from_numpy(regions.boxes.astype(np.float32)),
-        regions.num_mapped,
-    )
 
 
 def tight_boxes(label_maps: Tensor, count: int) -> Tensor:

@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semseg.errors import SemsegError
 from semseg.io import atomic_open
 from semseg.metrics.multiclass import ConfusionMatrix, MulticlassScores
+from semseg.models.regions import RegionTensors, set_proposer
 from semseg.regions.extras import require_method
 from semseg.weak.extras import load_cv2, load_skimage_segmentation
 
@@ -340,7 +342,32 @@ def proposal_recall(
     return confusion.scores()
 
 
+# --- the proposer of the region models ------------------------------------------------------
+
+
+def regions_to_tensors(regions: Regions) -> RegionTensors:
+    """A :class:`Regions` as the region models' torch tensors."""
+    return RegionTensors(
+        torch.from_numpy(regions.label_maps.astype(np.int64)),
+        torch.from_numpy(regions.boxes.astype(np.float32)),
+        regions.num_mapped,
+    )
+
+
+def propose_tensors(images: torch.Tensor, method: str) -> list[RegionTensors]:
+    """The regions of each image of a ``(N, 3, H, W)`` batch in [0, 1] by ``method`` (default
+    parameters), computed on the CPU."""
+    params = ProposalParams(method)
+    pixels = (images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
+    return [regions_to_tensors(compute_regions(p.numpy(), params)) for p in pixels]
+
+
+set_proposer(propose_tensors)
+
+
 __all__ = [
+    "propose_tensors",
+    "regions_to_tensors",
     "proposal_recall",
     "METHODS",
     "ProposalParams",
