@@ -337,3 +337,19 @@ def test_a_region_model_given_an_image_alone_proposes_its_regions(monkeypatch):
     monkeypatch.setattr(region_models, "_PROPOSER", {})
     with pytest.raises(SemsegError, match="import semseg.regions"):
         model(image)
+
+
+def test_region_loss_is_the_weighted_cross_entropy_of_the_majority_labels():
+    from semseg.models import build_model
+    from semseg.models.regions import RegionOutputs
+
+    model = build_model("rcnn-regions", 3, width_mult=1 / 16)
+    maps = torch.tensor([[[0, 0, 1, 1, 2, 2]]])
+    regions = [RegionTensors(maps, torch.zeros(3, 4), 3)]
+    masks = torch.tensor([[[2, 2, 0, 1, 255, 255]]])  # region 1: a tie, the lower class wins
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    loss = model.region_loss(RegionOutputs([logits]), regions, masks, 255, class_weights=weights)
+    # targets 2, 0, ignored: sum of w * -log p over the sum of the weights (torch's rule)
+    terms = [2.0 * -logits[0].log_softmax(0)[2], 0.5 * -logits[1].log_softmax(0)[0]]
+    torch.testing.assert_close(loss, sum(terms) / 2.5)

@@ -328,13 +328,15 @@ class RegionCNN(SegmentationModel):
         regions: list[RegionTensors],
         masks: Tensor,
         ignore_index: int,
+        class_weights: Tensor | None = None,
     ) -> Tensor:
-        """Cross-entropy of the regions against their majority ground-truth class."""
+        """Cross-entropy of the regions against their majority ground-truth class
+        (``class_weights``: per-class weights, e.g. median-frequency)."""
         targets = self.targets(regions, masks, ignore_index)
         logits = torch.cat(outputs.logits).float()
         if bool((targets == ignore_index).all()):
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, targets, ignore_index=ignore_index)
+        return F.cross_entropy(logits, targets, weight=class_weights, ignore_index=ignore_index)
 
     def targets(self, regions: list[RegionTensors], masks: Tensor, ignore_index: int) -> Tensor:
         return torch.cat(
@@ -417,14 +419,18 @@ class SDS(RegionCNN):
         regions: list[RegionTensors],
         masks: Tensor,
         ignore_index: int,
+        class_weights: Tensor | None = None,
     ) -> Tensor:
-        """Cross-entropy of the classes plus the binary cross-entropy of each labelled region's
-        grid (of its class) against the share of each grid cell of its box that is that class."""
+        """Cross-entropy of the classes (weighted by ``class_weights``) plus the binary
+        cross-entropy of each labelled region's grid (of its class) against the share of each
+        grid cell of its box that is that class."""
         targets = self.targets(regions, masks, ignore_index)
         logits = torch.cat(outputs.logits).float()
         if bool((targets == ignore_index).all()):
             return logits.sum() * 0.0
-        classification = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+        classification = F.cross_entropy(
+            logits, targets, weight=class_weights, ignore_index=ignore_index
+        )
         assert outputs.grids is not None
         grids = torch.cat(outputs.grids).float()
         labelled = torch.nonzero(targets != ignore_index).squeeze(1)

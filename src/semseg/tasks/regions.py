@@ -3,9 +3,11 @@
 Its training step differs from :class:`~semseg.tasks.segmentation.SegmentationTask`'s: a batch
 holds each image's regions too (:mod:`semseg.regions.data`), the loss is the model's region loss
 (cross-entropy of each region against the majority ground-truth class of its pixels, regions
-that are mostly void ignored; SDS adds its figure-ground term) instead of a per-pixel loss, so
-``loss``, ``loss_weight`` and ``class_weights`` of the recipe do not apply. Validation pastes the
-regions to pixels and scores them as the segmentation task does (``val_miou``, ``val_maxf``, ...).
+that are mostly void ignored, weighted by the recipe's ``class_weights`` if any; SDS and
+hypercolumn-regions add their figure-ground term) instead of a per-pixel loss, so the recipe's
+``loss`` and ``loss_weight`` (the Dice or Lovasz term of the pixels) do not apply. Validation
+pastes the regions to pixels and scores them as the segmentation task does (``val_miou``,
+``val_maxf``, ...).
 Optimiser, schedule and hyperparameters are the segmentation task's, so checkpoints load the
 same way.
 """
@@ -28,7 +30,9 @@ class RegionTask(SegmentationTask):
     def region_loss(self, batch: RegionBatch) -> tuple[Tensor, object]:
         images, masks, regions = batch
         outputs = self.model.region_outputs(images, regions)
-        loss = self.model.region_loss(outputs, regions, masks, self.hparams.ignore_index)
+        loss = self.model.region_loss(
+            outputs, regions, masks, self.hparams.ignore_index, class_weights=self.ce_weights
+        )
         return loss, outputs
 
     def training_step(self, batch: RegionBatch, batch_idx: int) -> Tensor:
