@@ -42,6 +42,13 @@ def build_train_config(
     return cfg
 
 
+def tag_flags(supervision: str | None, tags: Path | None) -> dict[str, object]:
+    """``--supervision`` and ``--tags`` as config fields (``--tags`` alone implies tags)."""
+    if tags is not None and supervision is None:
+        supervision = "tags"
+    return {"train.supervision": supervision, "train.tags": None if tags is None else str(tags)}
+
+
 @train_app.command()
 def train(
     config: Annotated[str | None, typer.Option(help="Config file or packaged name.")] = None,
@@ -83,6 +90,14 @@ def train(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow reusing an existing run folder.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+    tags: Annotated[
+        Path | None,
+        typer.Option(help="--supervision tags: image-level tags, CSV or JSON (derive --to tags)."),
+    ] = None,
+    supervision: Annotated[
+        str | None,
+        typer.Option(help="full (masks) or tags (MIL-LSE from --tags; train.lse_r sets r)."),
+    ] = None,
 ) -> None:
     """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml)."""
     from semseg.training import train as run_training
@@ -110,6 +125,7 @@ def train(
         "model.backbone": backbone,
         "model.backbone_weights": backbone_weights,
         "data.skip_bad": skip_bad,
+        **tag_flags(supervision, tags),
     }
     cfg = build_train_config(config, resume, list(set_ or []), flags)
     finished = run_training(cfg, resume=resume, overwrite=overwrite)

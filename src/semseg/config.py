@@ -180,6 +180,12 @@ class TrainConfig:
     out_dir: str = "runs"
     run_dir: str | None = None  # an explicit run folder instead of out_dir/name-timestamp
     progress: bool = True
+    # What the training labels are: full masks, or (tags) image-level tags from train.tags
+    supervision: str = setting("full", choices=("full", "boxsup", "tags"))
+    # supervision=tags: the tags file (CSV or JSON, semseg derive --to tags) and the
+    # sharpness r of the Log-Sum-Exp pooling (r -> 0: mean pooling, r -> inf: max pooling)
+    tags: str | None = None
+    lse_r: float = setting(5.0, gt=0.0, le=1000.0)
 
 
 # Fields that older releases wrote into config.yaml but that no longer do anything: a run's
@@ -407,6 +413,16 @@ def check_cross_fields(config: Config) -> None:
         raise SemsegError(
             f"KITTI road/lane has 2 classes, but model.num_classes={model.num_classes}"
         )
+    check_tag_supervision(config)
+
+
+def check_tag_supervision(config: Config) -> None:
+    """``train.supervision: tags`` needs its tags file (and only then is one used)."""
+    train = config.train
+    if train.supervision == "tags" and not train.tags:
+        raise SemsegError("train.supervision=tags needs the tags file: --tags FILE (train.tags)")
+    if train.tags and train.supervision != "tags":
+        raise SemsegError(f"--tags (train.tags) is for --supervision tags, not {train.supervision}")
 
 
 def resolve_config(config: Config, run_dir: Path) -> Config:

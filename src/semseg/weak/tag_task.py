@@ -96,6 +96,7 @@ class TagTask(L.LightningModule):
         optimizer: str = "adam",
         class_names: list[str] | None = None,
         input_size: list[int] | None = None,
+        class_colours: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
