@@ -283,6 +283,7 @@ __all__ = [
     "CAMSchedule",
     "CAM_MODEL_FILE",
     "derive_tags_file",
+    "label_images",
     "train_cam",
     "write_cam_labels",
 ]
