@@ -99,7 +99,12 @@ def train(
         typer.Option(help="full (masks) or tags (MIL-LSE from --tags; train.lse_r sets r)."),
     ] = None,
 ) -> None:
-    """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml)."""
+    """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml).
+
+    --supervision tags --tags FILE: multiple-instance learning from image-level tags (Pinheiro &
+    Collobert): the pixel scores are Log-Sum-Exp pooled (--set train.lse_r=R) and trained with a
+    per-class sigmoid multi-label loss; validation and best.ckpt use the validation masks.
+    """
     from semseg.training import train as run_training
 
     flags = {

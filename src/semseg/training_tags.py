@@ -62,7 +62,8 @@ def training_pairs(
             f"{tags_file}: none of its {len(records)} tagged image(s) is a training image"
         )
     if len(pairs) < len(records):
-        warn(f"{len(records) - len(pairs)} tagged image(s) outside the training split left out")
+        left_out = len(records) - len(pairs)
+        warn(f"{left_out} tag record(s) of images outside the training split left out")
     return pairs
 
 

@@ -80,6 +80,8 @@ class TagDataset(Dataset):
 class TagTask(L.LightningModule):
     """Tag supervision as one LightningModule (``method`` ``mil`` or ``cam``, see module
     docstring); the optimiser is Adam at ``lr`` (or ``optimizer`` of :mod:`semseg.tasks.recipe`).
+    ``class_names``, ``input_size`` and ``class_colours`` are kept in the checkpoint for
+    ``semseg predict``/``evaluate`` (a MIL checkpoint loads like any segmentation checkpoint).
     Logged: ``train_loss``; ``val_loss`` and ``val_tag_map`` (tag batches), ``val_miou`` (mask
     batches, MIL only)."""
 
