@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +38,21 @@ app = typer.Typer(
     help="Semantic segmentation of road scenes: FCN-8s on VGG16 for KITTI Road and friends.",
 )
 STATE = {"debug": False}
+
+
+class Smooth(StrEnum):
+    """``--smooth`` of a MIL model: none, SLIC superpixels or Felzenszwalb's segments."""
+
+    none = "none"
+    superpixels = "superpixels"
+    segments = "segments"
+
+
+IMAGE_PRIOR_HELP = "MIL model: multiply by the image-level prior of the LSE-pooled scores."
+SMOOTH_HELP = (
+    "MIL model: average the probabilities within SLIC superpixels or Felzenszwalb segments "
+    '(scikit-image, pip install -e ".\\[weak]").'
+)
 app.add_typer(train_app)  # train
 app.add_typer(weak_app)  # derive, pseudo-labels
 
@@ -68,6 +84,8 @@ def evaluate(
     space: Annotated[
         Space, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
     ] = Space.perspective,
+    image_prior: Annotated[bool, typer.Option("--image-prior", help=IMAGE_PRIOR_HELP)] = False,
+    smooth: Annotated[Smooth, typer.Option(help=SMOOTH_HELP)] = Smooth.none,
     *,
     inference: InferenceOptions,
 ) -> None:
@@ -82,6 +100,7 @@ def evaluate(
     split, space = Split(split).value, Space(space).value
     suffix = "" if space == "perspective" else f"_{space}"
     suffix += "_crf" if inference.crf is not None else ""
+    suffix += mil_suffix(image_prior, str(smooth))
     out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
     check_output_file(out, "--out")  # before any image is scored
     with progress_bar() as bar:
@@ -100,6 +119,8 @@ def evaluate(
             on_progress=lambda n: bar.advance(task, n),
             warn=lambda message: err_console.print(f"warning: {message}"),
             announce=lambda line: print(line, file=sys.stderr, flush=True),
+            image_prior=image_prior,
+            smooth=str(smooth),
         )
     if results.get("task") == "multiclass":
         from semseg.evaluation import write_multiclass_figures
@@ -108,6 +129,11 @@ def evaluate(
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
     console.print(f"results: {out}")
+
+
+def mil_suffix(image_prior: bool, smooth: str) -> str:
+    """What the MIL inference adds to the default results name (``_prior_superpixels``)."""
+    return ("_prior" if image_prior else "") + ("" if smooth == "none" else f"_{smooth}")
 
 
 @app.command()
@@ -120,6 +146,8 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    image_prior: Annotated[bool, typer.Option("--image-prior", help=IMAGE_PRIOR_HELP)] = False,
+    smooth: Annotated[Smooth, typer.Option(help=SMOOTH_HELP)] = Smooth.none,
     *,
     inference: InferenceOptions,
 ) -> None:
@@ -135,6 +163,9 @@ def predict(
 
     check_output_dir(out, "--out")  # before any image is predicted
     loaded = load_any_model(checkpoint)
+    from semseg.weak.mil import inference_settings
+
+    mil = inference_settings(getattr(loaded, "lse_r", None), image_prior, str(smooth), checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
     options = inference.backend
     engine = choose_backend(
@@ -158,6 +189,7 @@ def predict(
             on_progress=lambda n: bar.advance(task, n),
             crf=inference.crf,
             backend=engine,
+            mil=mil,
         )
     console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
 
