@@ -43,7 +43,7 @@ from semseg.inference.runtimes import OnnxRuntimeBackend
 from semseg.io import first_line
 from semseg.models.base import SegmentationModel
 
-FORMATS = ("onnx", "onnx-optimized")  # the latter: semseg.inference.onnx_optimized
+FORMATS = ("onnx", "onnx-optimized", "pt2")  # semseg.inference.onnx_optimized, .aot
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # dynamic Pad / Slice inputs
 VERIFY_TOLERANCE = 1e-4
