@@ -355,7 +355,7 @@ def predict_once(
         "first_png_s": (min(pngs) - start) if pngs else None,
         "pngs": len(pngs),
         "backend": backend,
-        "notes": [line for line in lines if not line.startswith("backend: ")][-6:],
+        "notes": [line for line in lines if not line.startswith("backend: ")][-12:],
         "returncode": done.returncode,
     }
 
@@ -499,8 +499,8 @@ def render_e2e(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]
         f"`semseg predict` end to end, fresh processes, {results.get('e2e_source', '')}, "
         f"--batch-size {results.get('e2e_batch')}:",
         "",
-        "| model | flags | run | wall s | first PNG s | s/img after the first | backend |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| model | flags | run | wall s | first PNG s | s/img after the first | backend | notes |",
+        "|---|---|---|---:|---:|---:|---|---|",
     ]
     for row in rows:
         first, wall, count = row["first_png_s"], row["wall_s"], max(row["pngs"], 1)
@@ -511,9 +511,17 @@ def render_e2e(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]
         lines.append(
             f"| {row['model']} | {row['case']} | {row['run']} | {wall:.1f} | "
             f"{'' if first is None else f'{first:.1f}'} | "
-            f"{'' if rest is None else f'{rest:.3f}'} | {status.replace('|', '/')} |"
+            f"{'' if rest is None else f'{rest:.3f}'} | {status.replace('|', '/')} | "
+            f"{notes_cell(row['notes'])} |"
         )
     return lines
+
+
+def notes_cell(notes: list[str]) -> str:
+    """What the run said about building, falling back or skipping paths (one cell)."""
+    keep = ("warning:", "quantizing", "compiling", "exporting", "not used")
+    picked = [n for n in notes if any(word in n for word in keep)]
+    return "; ".join(picked).replace("|", "/")
 
 
 def parse_checkpoint(text: str) -> tuple[str, str]:

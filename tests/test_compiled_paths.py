@@ -378,3 +378,23 @@ def test_compiled_package_is_built_once_and_loads_in_a_new_process(
                  "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == good and "AOTInductor package" in result.stdout
+
+
+def test_benchmark_end_to_end_table():
+    from conftest import load_benchmark
+
+    bench = load_benchmark("int8")
+    rows = [
+        {"model": "m", "case": "--precision int8", "run": "first run", "wall_s": 10.0,
+         "first_png_s": 4.0, "pngs": 9, "returncode": 0, "backend": "backend: onnxruntime fp32",
+         "notes": ["quantizing m to int8 once: ...", "warning: int8 not used: x | y", "other"]},
+        {"model": "m", "case": "--backend auto", "run": "cached run", "wall_s": 5.0,
+         "first_png_s": None, "pngs": 0, "returncode": 2, "backend": "",
+         "notes": ["semseg: error: broken"]},
+    ]  # fmt: skip
+    lines = bench.render_e2e(rows, {"e2e_source": "3 images", "e2e_batch": 1})
+    first, failed = lines[-2], lines[-1]
+    # 3 images (9 PNGs): the 2 after the first took (10 - 4) / 2 = 3 s each
+    assert "| first run | 10.0 | 4.0 | 3.000 | backend: onnxruntime fp32 |" in first
+    assert "quantizing m to int8 once" in first and "x / y" in first and "other" not in first
+    assert "exit 2: semseg: error: broken" in failed
