@@ -398,3 +398,30 @@ def test_benchmark_end_to_end_table():
     assert "| first run | 10.0 | 4.0 | 3.000 | backend: onnxruntime fp32 |" in first
     assert "quantizing m to int8 once" in first and "x / y" in first and "other" not in first
     assert "exit 2: semseg: error: broken" in failed
+
+
+def test_serve_quantizes_on_its_calibration_data(work: Path, images: Path):
+    from semseg.serve.app import create_app
+
+    served = tiny_checkpoint(work / "served.ckpt", model_name="fcn16s")
+    lines: list[str] = []
+    app = create_app(
+        served,
+        backend=BackendOptions("auto", precision="int8", threads=1),
+        calibration_data=images,
+        warmup=False,
+        announce=lines.append,
+    )
+    assert app.state.service.info.backend_detail.startswith("onnxruntime int8")
+    assert any("calibration on 4 image(s) of the data given" in line for line in lines), lines
+    # without --calibration-data the cached model serves; for a new model: fp32, said so
+    again = create_app(served, backend=BackendOptions("auto", precision="int8"), warmup=False)
+    assert again.state.service.info.backend_detail.startswith("onnxruntime int8")
+    other = tiny_checkpoint(work / "other-served.ckpt", model_name="fcn32s")
+    lines.clear()
+    plain = create_app(
+        other, backend=BackendOptions("auto", precision="int8"), warmup=False,
+        announce=lines.append,
+    )  # fmt: skip
+    assert plain.state.service.info.backend_detail.startswith("onnxruntime fp32")
+    assert any(line.startswith("warning: int8 not used: int8 needs calibration") for line in lines)
