@@ -186,6 +186,18 @@ def test_int8_cache_entry_is_rebuilt_when_stale_or_corrupt(
     manifest["sha256"] = artefacts.file_sha256(entry)
     entry.with_name(entry.name + ".json").write_text(json.dumps(manifest))
     assert "does not fit the model (its num_classes is 3" in rebuilt()
+    # a model quantized for another input size (the metadata says so), manifest made to match
+    import onnx
+
+    proto = onnx.load(str(entry))
+    for prop in proto.metadata_props:
+        if prop.key == "input_size":
+            prop.value = "[64, 192]"
+    onnx.save(proto, str(entry))
+    manifest = json.loads(entry.with_name(entry.name + ".json").read_text())
+    manifest["sha256"] = artefacts.file_sha256(entry)
+    entry.with_name(entry.name + ".json").write_text(json.dumps(manifest))
+    assert "does not fit the model (its input_size is [64, 192]" in rebuilt()
 
 
 def test_cli_precision_int8_predicts_and_reuses_the_cache(
@@ -284,14 +296,24 @@ def test_auto_considers_int8_and_the_compiled_package_by_default(
     trials = {t.label: t for t in choice.trials}
     assert trials["onnxruntime int8"].accepted, trials["onnxruntime int8"].note
     assert trials["onnxruntime int8"].max_abs_prob_diff <= 0.25
-    assert not any("bf16" in label and "AOT" not in label for label in trials)  # no bf16 CPU
-    note = trials[AOT_BF16.label()].note
-    assert "C++ compiler" in note or "AVX512-BF16" in note
-    assert any(line.startswith(AOT_BF16.label() + ": not used (") for line in lines)
+    assert not any("bf16" in label for label in trials)  # no bf16 CPU: no bf16 path tried
+    assert "bf16 paths: not used (this CPU has no AVX512-BF16 or AMX instructions)" in lines
     # with SEMSEG_AUTO_BUILD=0 nothing is built, but what is cached is used
     monkeypatch.setenv("SEMSEG_AUTO_BUILD", "0")
     _, quiet = choose_backend(loaded, BackendOptions("auto", recalibrate=True), image=scenes[0])
     assert {t.label: t for t in quiet.trials}["onnxruntime int8"].accepted
+    # a bf16 CPU without VNNI and without a C++ compiler: both paths named and skipped
+    monkeypatch.setenv("SEMSEG_AUTO_BUILD", "1")
+    flags(monkeypatch, NO_VNNI)
+    lines.clear()
+    _, choice = choose_backend(
+        loaded, BackendOptions("auto", recalibrate=True), images=scenes, announce=lines.append
+    )
+    trials = {t.label: t for t in choice.trials}
+    assert "C++ compiler" in trials[AOT_BF16.label()].note
+    assert "no AVX512-VNNI" in trials["onnxruntime int8"].note
+    skipped = [line for line in lines if ": not used (" in line]
+    assert len(skipped) == 2 and choice.candidate not in (INT8, AOT_BF16)
 
 
 def test_bad_options_and_export_format(checkpoint: Path, cli):

@@ -229,7 +229,7 @@ def auto_candidates(
                     candidates.append(candidate)
     if precision in (None, "32") and not compile:
         candidates.append(Candidate("onnxruntime"))
-    if precision in (None, "bf16") and channels_last in (None, True):
+    if "bf16" in precisions and channels_last in (None, True):
         candidates.append(AOT_BF16)
     if precision is None and channels_last is None and not compile:
         candidates.append(INT8)
@@ -477,6 +477,8 @@ def choose_backend(
         for trial in choice.trials:
             if trial.note and trial.label in (INT8.label(), AOT_BF16.label()):
                 announce(f"{trial.label}: not used ({trial.note})")
+        if precision is None and not bf16_supported():
+            announce("bf16 paths: not used (this CPU has no AVX512-BF16 or AMX instructions)")
     if use_cache:
         store_choice(store, key, loaded, choice)
     return backends[choice.candidate], choice
