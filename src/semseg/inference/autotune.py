@@ -153,6 +153,9 @@ AUTO_BUILD_ENV = "SEMSEG_AUTO_BUILD"
 none); explicit ``--precision int8`` still builds."""
 
 
+NOT_BUILT = f"not cached, and {AUTO_BUILD_ENV}=0 builds none"
+
+
 def auto_builds() -> bool:
     return os.environ.get(AUTO_BUILD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -171,7 +174,7 @@ def build_backend(
     """The runtime of ``candidate``. ``images``: calibration images for an int8 model that has
     to be built; ``cached_only``: refuse to build int8 models and compiled packages."""
     if candidate.builds_artefact and cached_only and not artefact_cached(loaded, candidate, sha256):
-        raise SemsegError(f"not cached, and {AUTO_BUILD_ENV}=0 builds none")
+        raise SemsegError(NOT_BUILT)
     if candidate == INT8:
         from semseg.inference.int8_cache import int8_backend
 
@@ -474,10 +477,11 @@ def choose_backend(
         cached_only=not auto_builds(),
     )
     if announce is not None:
+        built_once = (INT8.label(), AOT_BF16.label())
         for trial in choice.trials:
-            if trial.note and trial.label in (INT8.label(), AOT_BF16.label()):
+            if trial.note not in ("", NOT_BUILT) and trial.label in built_once:
                 announce(f"{trial.label}: not used ({trial.note})")
-        if precision is None and not bf16_supported():
+        if precision is None and auto_builds() and not bf16_supported():
             announce("bf16 paths: not used (this CPU has no AVX512-BF16 or AMX instructions)")
     if use_cache:
         store_choice(store, key, loaded, choice)
