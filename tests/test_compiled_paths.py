@@ -337,7 +337,7 @@ def pt2_precision() -> str:
 
 @pytest.mark.slow
 def test_compiled_package_is_built_once_and_loads_in_a_new_process(
-    checkpoint: Path, work: Path, monkeypatch: pytest.MonkeyPatch, scenes, cli
+    checkpoint: Path, work: Path, monkeypatch: pytest.MonkeyPatch, scenes, images: Path, cli
 ):
     from semseg.inference import aot
 
@@ -400,6 +400,19 @@ def test_compiled_package_is_built_once_and_loads_in_a_new_process(
                  "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == good and "AOTInductor package" in result.stdout
+    # `semseg predict model.pt2` runs it as compiled, with fp32 eager's labels
+    predicted = cli("predict", str(out), str(images), "--out", str(work / "p-pt2"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert "(the input is an AOTInductor package)" in predicted.stderr
+    reference = cli("predict", str(checkpoint), str(images), "--out", str(work / "p-ref"),
+                    "--backend", "torch")  # fmt: skip
+    assert reference.returncode == 0, reference.stderr
+    labels, expected = read_labels(work / "p-pt2"), read_labels(work / "p-ref")
+    assert labels.keys() == expected.keys() and len(labels) == 4
+    assert np.mean([(labels[k] != expected[k]).mean() for k in labels]) <= 0.02
+    refused = cli("predict", str(out), str(images), "--backend", "torch", "--out", str(work / "x"))
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1 and "runs as compiled" in lines[0]
 
 
 def test_benchmark_end_to_end_table():

@@ -211,7 +211,12 @@ def inference_options(default_backend: str):
 
 
 def load_any_model(path: Path):
-    """A checkpoint, or a semseg ONNX export (.onnx: runs with onnxruntime)."""
+    """A checkpoint, a semseg ONNX export (.onnx: runs with onnxruntime) or an AOTInductor
+    package (.pt2: runs as compiled)."""
+    if path.suffix.lower() == ".pt2":
+        from semseg.inference.aot import load_pt2_model
+
+        return load_pt2_model(path)[0]
     if path.suffix.lower() == ".onnx":
         from semseg.inference.onnx_export import load_onnx_model
 

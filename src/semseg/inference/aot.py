@@ -228,6 +228,16 @@ class AotBackend(InferenceBackend):
         return out.float().contiguous()
 
 
+def load_pt2_model(path: str | Path) -> tuple[LoadedModel, AotBackend]:
+    """A package written by ``semseg export --format pt2``: its description (``model`` None)
+    and the backend that runs it."""
+    from semseg.inference.onnx_export import loaded_from_metadata
+
+    backend = AotBackend(path)
+    loaded = loaded_from_metadata(path, backend.metadata, "a semseg AOTInductor package")
+    return loaded, backend
+
+
 @contextlib.contextmanager
 def warnings_silenced():
     import warnings

@@ -430,6 +430,8 @@ def choose_backend(
     backend, precision, threads = options.backend, options.precision, options.threads
     channels_last, compile = options.channels_last, options.compile
     is_onnx = loaded.model is None
+    if is_onnx and loaded.path.suffix.lower() == ".pt2":
+        return package_backend(loaded, options)
     if precision == "int8" and not is_onnx and device == "cpu":
         return int8_or_fallback(loaded, options, images, announce)
     if backend == "torch" and is_onnx:
@@ -486,6 +488,22 @@ def choose_backend(
     if use_cache:
         store_choice(store, key, loaded, choice)
     return backends[choice.candidate], choice
+
+
+def package_backend(
+    loaded: LoadedModel, options: BackendOptions
+) -> tuple[InferenceBackend, Choice]:
+    """A .pt2 file runs as it was compiled: ``--backend auto`` only, no other knobs."""
+    from semseg.inference.aot import AotBackend
+
+    if options.backend != "auto" or options.precision or options.channels_last or options.compile:
+        raise SemsegError(
+            f"{loaded.path.name} is a compiled AOTInductor package: it runs as compiled "
+            "(--backend auto; no --precision, --channels-last or --compile)"
+        )
+    backend = AotBackend(loaded.path, loaded.num_classes, loaded.input_size)
+    candidate = Candidate("aot", backend.precision, backend.precision == "bf16", True)
+    return backend, Choice(candidate, forced="the input is an AOTInductor package")
 
 
 def int8_or_fallback(
@@ -576,6 +594,8 @@ def make_backend(
     if isinstance(backend, InferenceBackend):
         return backend
     if backend is None or backend == "torch":
+        if loaded.model is None and loaded.path.suffix.lower() == ".pt2":
+            return package_backend(loaded, BackendOptions())[0]
         if loaded.model is None:
             return onnx_backend_for(loaded)
         return TorchBackend(loaded.model, device=device)
