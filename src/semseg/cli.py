@@ -29,7 +29,7 @@ from semseg.cli_support import (
 from semseg.cli_train import train_app
 from semseg.cli_weak import weak_app
 from semseg.errors import SemsegError
-from semseg.inference.options import Backend, BackendOptions
+from semseg.inference.options import Backend, BackendOptions, Precision
 
 app = typer.Typer(
     add_completion=False,
@@ -173,6 +173,7 @@ def predict(
         options,
         image=read_rgb(paths[0]) if options.backend == "auto" else None,
         batch_size=min(batch_size, len(paths)),
+        images=calibration_images(paths),
     )
     if getattr(engine, "metadata", {}).get("precision") == "int8":
         from semseg.inference.quantize import vnni_warning
@@ -194,22 +195,39 @@ def predict(
     console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
 
 
+def calibration_images(paths: list[Path]):
+    """int8 calibration images of ``semseg predict``: the images given, read when needed."""
+    from semseg.inference.calibration_data import images_from_paths
+    from semseg.inference.int8_cache import CALIBRATION_IMAGES
+
+    return lambda: images_from_paths(paths, CALIBRATION_IMAGES)
+
+
 @app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
     format_: Annotated[
-        str, typer.Option("--format", help="onnx, or onnx-optimized (onnxruntime's, this CPU).")
+        str,
+        typer.Option(
+            "--format",
+            help="onnx, onnx-optimized (onnxruntime's, this CPU) or pt2 (AOTInductor, this CPU).",
+        ),
     ] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file [CHECKPOINT.onnx].")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset [17].")] = None,
+    precision: Annotated[str, typer.Option(help="pt2: bf16 (channels-last) or 32.")] = "bf16",
 ) -> None:
-    """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; verified)."""
+    """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; pt2: compiled
+    once for this CPU at the model's input size, batch 1-64; verified)."""
     from semseg.inference.checkpoint import load_model
     from semseg.inference.onnx_export import DEFAULT_OPSET, check_format, check_opset, export_onnx
 
     check_format(format_)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     loaded = load_model(checkpoint)
+    if format_ == "pt2":
+        export_pt2_command(loaded, checkpoint, out, precision)
+        return
     if format_ == "onnx-optimized":
         from semseg.inference.onnx_optimized import export_onnx_optimized
 
@@ -230,6 +248,24 @@ def export_command(
     )
     if verification is not None:
         console.print(f"verified: {verification.summary()}")
+
+
+def export_pt2_command(loaded, checkpoint: Path, out: Path | None, precision: str) -> None:
+    from semseg.inference.aot import PT2_PRECISIONS, export_pt2
+
+    if precision not in PT2_PRECISIONS:
+        choices = ", ".join(PT2_PRECISIONS)
+        raise SemsegError(f"--precision must be one of {choices} for pt2, got {precision!r}")
+    out = out or checkpoint.with_suffix(f".{precision}.pt2")
+    if out.suffix != ".pt2":
+        raise SemsegError(f"--out must name a .pt2 file, got {out}")
+    worst = export_pt2(loaded, out, precision, announce=lambda line: err_console.print(line))
+    height, width = loaded.input_size
+    console.print(
+        f"exported {checkpoint} to {out} (AOTInductor package, {precision}, {height}x{width}, "
+        f"batch 1-64, this CPU and torch {__import__('torch').__version__}; "
+        f"{out.stat().st_size / 1e6:.1f} MB; verified: max |dp| {worst:.1e} against fp32 eager)"
+    )
 
 
 @app.command("quantize")
@@ -439,6 +475,14 @@ def serve(
             help="auto (fastest that matches fp32, timed once and cached), torch, or onnxruntime.",
         ),
     ] = Backend.auto,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="32, bf16 or int8 (quantized once on --calibration-data, cached)."),
+    ] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Images of your data to calibrate int8 on the first time (a folder)."),
+    ] = None,
     max_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
     ] = 20 * 1024 * 1024,
@@ -465,7 +509,8 @@ def serve(
         checkpoint,
         host=host,
         port=port,
-        backend=BackendOptions(str(backend)),
+        backend=BackendOptions(str(backend), None if precision is None else str(precision)),
+        calibration_data=calibration_data,
         max_bytes=max_bytes,
         max_side=max_side,
         max_pixels=max_pixels,

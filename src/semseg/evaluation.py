@@ -489,7 +489,12 @@ def evaluate_checkpoint(
     if on_total is not None:
         on_total(len(samples))
     engine, choice = choose_backend(
-        loaded, options, image=image, batch_size=batch_size, announce=announce
+        loaded,
+        options,
+        image=image,
+        images=lambda: calibration_images(reader, samples),
+        batch_size=batch_size,
+        announce=announce,
     )
     if announce is not None:
         announce(choice.line(engine))
@@ -515,6 +520,20 @@ def evaluate_checkpoint(
         )
     results["split"] = split
     return results
+
+
+def calibration_images(reader: Callable, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """int8 calibration images: up to 16 of the samples' images, spread over them."""
+    from semseg.inference.calibration_data import spread
+    from semseg.inference.int8_cache import CALIBRATION_IMAGES
+
+    images = []
+    for index in spread(CALIBRATION_IMAGES, len(samples)):
+        try:
+            images.append(reader(samples[index])[0])
+        except Exception:  # reported where the sample is scored
+            continue
+    return images
 
 
 def first_readable_image(reader: Callable, samples: Sequence[Sample]) -> np.ndarray | None:
