@@ -8,7 +8,20 @@ of load from other jobs hits all alike), medians of ``--repeats`` timed calls af
 * onnxruntime fp32 (the checkpoint's ONNX export),
 * onnxruntime int8 (:func:`semseg.inference.quantize.quantize_onnx`, MinMax calibration on
   ``--calibration-images`` images of ``--data``, resized as ``semseg predict`` does),
-* onnxruntime int8 with the classifier head in fp32 (score layers and upsampling: ``--keep-head``).
+* onnxruntime int8 with the classifier head in fp32 (score layers and upsampling: ``--keep-head``),
+* onnxruntime int8 with Percentile calibration (what ``--precision int8`` quantizes and caches),
+* torch int8 through PyTorch's PT2E flow with the x86 inductor quantizer (torchao's
+  ``X86InductorQuantizer``, lowered by ``torch.compile`` with freezing; named and skipped where
+  torchao is not installed: ``pip install torchao``),
+* torch bf16 channels-last compiled, run from its AOTInductor package (``semseg export --format
+  pt2``: compiled once, timed warm after loading the package; the compile and load seconds are
+  reported beside it).
+
+``--e2e`` then times ``semseg predict`` end to end in fresh processes on ``--e2e-images`` images
+(import, load, backend choice, inference, PNGs): ``--backend auto`` and ``--precision int8`` with
+an empty cache folder (first run: quantization, compilation, calibration) and again with the
+cache that run left (cached run), and ``--backend torch``; for each the wall time and the time to
+the first PNG written (with ``--e2e-batch 1``: the time before the first image plus that image).
 
 Weights are untrained (seeded) unless ``--checkpoint MODEL=PATH`` names a checkpoint, so the
 parity columns (int8 against onnxruntime fp32 on the timed images) describe the arithmetic, not
@@ -16,7 +29,8 @@ a trained model's quality; with a checkpoint, ``--quality`` also runs ``semseg q
 whole procedure (each calibration method, MaxF of int8 and fp32 on held-out images).
 
     python3 benchmarks/int8.py --out int8.md --json int8.json --batches 1,8 --repeats 5 \\
-        --checkpoint resnet18=runs/RUN/checkpoints/best.ckpt --quality
+        --checkpoint resnet18=runs/RUN/checkpoints/best.ckpt --quality --e2e
+    python3 benchmarks/int8.py --quick --out /tmp/int8.md   # smoke test: tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +55,7 @@ from _common import KITTI_DATA
 
 from semseg.data.synthetic import generate_scene
 from semseg.data.transforms import image_to_tensor
+from semseg.inference.aot import AotBackend, aot_unsupported, export_pt2
 from semseg.inference.checkpoint import LoadedModel, load_model
 from semseg.inference.machine import cpu_flags, cpu_model
 from semseg.inference.onnx_export import export_onnx
@@ -51,7 +68,6 @@ from semseg.inference.quantize import (
 )
 from semseg.inference.runtimes import OnnxRuntimeBackend, TorchBackend
 from semseg.io import list_images, read_rgb
-from semseg.models import build_model
 
 DEFAULT_DATA = KITTI_DATA
 HEIGHT, WIDTH = 160, 576
@@ -61,17 +77,27 @@ MODELS = {
 }
 
 
-def untrained(key: str, work: Path) -> LoadedModel:
-    """The model with seeded weights; its zero-initialised score layers get seeded weights too,
-    so that its output varies over the image."""
+def untrained(key: str, work: Path, width_mult: float = 1.0) -> LoadedModel:
+    """The model with seeded weights, saved as a checkpoint (the artefact cache and ``--e2e``
+    key by its file); its zero-initialised score layers get seeded weights too, so that its
+    output varies over the image."""
+    from semseg.tasks.segmentation import SegmentationTask
+
     torch.manual_seed(0)
-    model = build_model("fcn8s", 2, **MODELS[key][1]).eval()
-    for layer in model.modules():
+    options = {**MODELS[key][1], **({"width_mult": width_mult} if width_mult != 1.0 else {})}
+    task = SegmentationTask(
+        model_name="fcn8s",
+        num_classes=2,
+        model_options=options,
+        class_names=["not road", "road"],
+        input_size=[HEIGHT, WIDTH],
+    )
+    for layer in task.model.modules():
         if isinstance(layer, torch.nn.Conv2d) and layer.out_channels == 2:
             torch.nn.init.normal_(layer.weight, std=0.01)
-    return LoadedModel(
-        model, "fcn8s", 2, (HEIGHT, WIDTH), 1, ["not road", "road"], work / f"{key}-untrained.ckpt"
-    )
+    path = work / f"{key}-untrained.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return load_model(path)
 
 
 def kitti_images(data: Path, count: int) -> tuple[list[np.ndarray], str]:
@@ -100,8 +126,12 @@ def bench_model(
     key: str, args: argparse.Namespace, work: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     checkpoint = dict(args.checkpoint).get(key)
-    loaded = load_model(checkpoint) if checkpoint else untrained(key, work)
-    record: dict[str, Any] = {"model": MODELS[key][0], "checkpoint": checkpoint or "untrained"}
+    loaded = load_model(checkpoint) if checkpoint else untrained(key, work, args.width_mult)
+    record: dict[str, Any] = {
+        "model": MODELS[key][0],
+        "checkpoint": checkpoint or "untrained",
+        "skipped": {},
+    }
     fp32 = work / f"{key}.onnx"
     record["export_s"] = timed(lambda: export_onnx(loaded, fp32, verify=False))
     calibration, source = kitti_images(args.data, args.calibration_images)
@@ -115,22 +145,34 @@ def bench_model(
     head = head_nodes(pre, loaded.num_classes)
     int8_head = work / f"{key}.int8-head.onnx"
     quantize_onnx(fp32, int8_head, calibration, "minmax", exclude=head, preprocessed=pre)
+    int8_pct = work / f"{key}.int8-percentile.onnx"
+    record["quantize_percentile_s"] = timed(
+        lambda: quantize_onnx(fp32, int8_pct, calibration, "percentile", preprocessed=pre)
+    )
     record["head_nodes"] = head
     record["qdq_nodes"] = sum(
         count_qdq(int8).get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear")
     )
     log(f"{key}: exported {record['export_s']:.1f} s, quantized {record['quantize_s']:.1f} s")
-    paths = {
+    paths: dict[str, Any] = {
         "torch fp32 eager": TorchBackend(loaded.model),
         "onnxruntime fp32": OnnxRuntimeBackend(fp32, args.threads),
         "onnxruntime int8": OnnxRuntimeBackend(int8, args.threads),
         "onnxruntime int8, head fp32": OnnxRuntimeBackend(int8_head, args.threads),
+        "onnxruntime int8, percentile (--precision int8)": OnnxRuntimeBackend(
+            int8_pct, args.threads
+        ),
     }
     record["size_mb"] = {
         "onnxruntime fp32": fp32.stat().st_size / 1e6,
         "onnxruntime int8": int8.stat().st_size / 1e6,
         "onnxruntime int8, head fp32": int8_head.stat().st_size / 1e6,
+        "onnxruntime int8, percentile (--precision int8)": int8_pct.stat().st_size / 1e6,
     }
+    if not args.no_pt2e:
+        add_pt2e(paths, record, loaded, calibration, log)
+    if not args.no_aot:
+        add_aot(paths, record, loaded, work, log)
     images, _ = kitti_images(args.data, 8)
     record["rows"] = []
     for batch_size in args.batches:
@@ -173,7 +215,169 @@ def bench_model(
     del paths
     if args.quality and checkpoint:
         record["quality"] = quality(loaded, args, work, log)
+    if args.e2e:
+        record["e2e"] = bench_e2e(key, loaded, args, work, log)
     return record
+
+
+PT2E = "torch int8 PT2E x86 inductor (torchao)"
+AOT = "torch bf16 channels-last compiled (AOTInductor package)"
+
+
+def add_aot(
+    paths: dict[str, Any],
+    record: dict[str, Any],
+    loaded: LoadedModel,
+    work: Path,
+    log: Callable[[str], None],
+) -> None:
+    """The bf16 AOTInductor package: compiled once (timed), loaded (timed), then run warm."""
+    if why := aot_unsupported("bf16"):
+        record["skipped"][AOT] = why
+        return
+    package = work / f"{loaded.path.stem}.bf16.pt2"
+    try:
+        record["aot_compile_s"] = timed(lambda: export_pt2(loaded, package, "bf16"))
+        start = time.perf_counter()
+        paths[AOT] = AotBackend(package, loaded.num_classes, loaded.input_size)
+        record["aot_load_s"] = time.perf_counter() - start
+        record["size_mb"][AOT] = package.stat().st_size / 1e6
+        log(f"AOTInductor bf16: compiled {record['aot_compile_s']:.1f} s, "
+            f"loaded {record['aot_load_s']:.2f} s")  # fmt: skip
+    except Exception as error:  # a path that fails here is named, not fatal
+        record["skipped"][AOT] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+
+
+class CompiledPt2e:
+    """A PT2E-quantized model lowered by torch.compile (inductor, freezing), batch padded to the
+    largest seen (one compilation per batch size)."""
+
+    name = "torch"
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.compiled = torch.compile(module)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.compiled(batch.contiguous(memory_format=torch.channels_last)).float()
+
+
+def add_pt2e(
+    paths: dict[str, Any],
+    record: dict[str, Any],
+    loaded: LoadedModel,
+    calibration: Sequence[np.ndarray],
+    log: Callable[[str], None],
+) -> None:
+    """int8 through PyTorch's own flow: export, X86InductorQuantizer, calibrate, convert."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+    except ImportError as error:
+        record["skipped"][PT2E] = f"torchao is not installed ({error})"
+        return
+    from semseg.inference.onnx_export import ExportWrapper
+
+    try:
+        start = time.perf_counter()
+        example = batch_of(calibration, 1)
+        model = ExportWrapper(loaded.model).eval()
+        exported = torch.export.export(model, (example,)).module()
+        quantizer = X86InductorQuantizer()
+        quantizer.set_global(get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for image in calibration:
+                prepared(batch_of([image], 1))
+        converted = convert_pt2e(prepared)
+        record["pt2e_quantize_s"] = time.perf_counter() - start
+        paths[PT2E] = CompiledPt2e(converted)
+        log(f"PT2E: quantized in {record['pt2e_quantize_s']:.1f} s")
+    except Exception as error:
+        record["skipped"][PT2E] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# `semseg predict` end to end, in fresh processes
+
+
+E2E_CASES = (
+    ("--backend auto", []),
+    ("--precision int8", ["--precision", "int8"]),
+    ("--backend torch", ["--backend", "torch"]),
+)
+
+
+def e2e_images(data: Path, count: int, folder: Path) -> str:
+    """``count`` KITTI training images (copied), or synthetic scenes without data."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = data / "training" / "image_2"
+    if source.is_dir():
+        paths = list_images(source)
+        picks = sorted({int(round(v)) for v in np.linspace(0, len(paths) - 1, count)})
+        for index in picks:
+            shutil.copy(paths[index], folder / paths[index].name)
+        return f"{len(picks)} KITTI training images"
+    for seed in range(count):
+        image = generate_scene(seed, 375, 1242).image
+        Image.fromarray(image).save(folder / f"um_{seed:06d}.png")
+    return f"{count} synthetic scenes ({data} absent)"
+
+
+def predict_once(
+    checkpoint: Path, images: Path, out: Path, cache: Path, flags: list[str], args
+) -> dict[str, Any]:
+    """One ``semseg predict`` process: wall seconds, seconds to the first PNG, backend line."""
+    env = {
+        **os.environ,
+        "SEMSEG_CACHE_DIR": str(cache),
+        "SEMSEG_AUTO_BUILD": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    command = [sys.executable, "-m", "semseg.cli", "predict", str(checkpoint), str(images),
+               "--out", str(out), "--batch-size", str(args.e2e_batch), *flags]  # fmt: skip
+    start = time.time()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    pngs = [p.stat().st_mtime for p in out.rglob("*.png")] if out.is_dir() else []
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    backend = next((line for line in lines if line.startswith("backend: ")), "")
+    return {
+        "wall_s": wall,
+        "first_png_s": (min(pngs) - start) if pngs else None,
+        "pngs": len(pngs),
+        "backend": backend,
+        "notes": [line for line in lines if not line.startswith("backend: ")][-12:],
+        "returncode": done.returncode,
+    }
+
+
+def bench_e2e(
+    key: str, loaded: LoadedModel, args: argparse.Namespace, work: Path, log
+) -> list[dict[str, Any]]:
+    images = work / "e2e-images"
+    if not images.is_dir():
+        args.e2e_source = e2e_images(args.data, args.e2e_images, images)
+    rows = []
+    for name, flags in E2E_CASES:
+        cache = work / f"e2e-cache-{key}-{len(rows)}"
+        runs = ("first run", "cached run") if name != "--backend torch" else ("run",)
+        for run in runs:
+            out = work / f"e2e-out-{key}-{len(rows)}"
+            result = predict_once(loaded.path, images, out, cache, flags, args)
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append({"model": MODELS[key][0], "case": name, "run": run, **result})
+            log(f"e2e {key} {name} {run}: {result['wall_s']:.1f} s, first PNG "
+                f"{result['first_png_s']}, {result['backend']}")  # fmt: skip
+    return rows
 
 
 def quality(
@@ -244,10 +448,25 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"{record['model']} ({record['checkpoint']}): export {record['export_s']:.1f} s, "
             f"quant_pre_process {record['preprocess_s']:.1f} s, quantization "
-            f"{record['quantize_s']:.1f} s ({record['calibration']}); "
-            f"{record['qdq_nodes']} Q/DQ nodes; head kept in fp32 in the last path: "
+            f"{record['quantize_s']:.1f} s ({record['calibration']}; Percentile "
+            f"{record.get('quantize_percentile_s', 0):.1f} s); "
+            f"{record['qdq_nodes']} Q/DQ nodes; head kept in fp32 in the head path: "
             f"{', '.join(record['head_nodes'])}."
         )
+        if "aot_compile_s" in record:
+            lines.append(
+                f"AOTInductor bf16 package: compiled once in {record['aot_compile_s']:.1f} s, "
+                f"loaded by the timing process in {record['aot_load_s']:.2f} s."
+            )
+        if "pt2e_quantize_s" in record:
+            lines.append(
+                f"PT2E: export, prepare, calibration and convert {record['pt2e_quantize_s']:.1f} "
+                "s; its first call includes torch.compile."
+            )
+        for path, why in record.get("skipped", {}).items():
+            lines.append(f"Skipped: {path}: {why}.")
+        if record.get("e2e"):
+            lines += ["", *render_e2e(record["e2e"], results)]
         if "quality" in record:
             q = record["quality"]
             lines += [
@@ -275,6 +494,36 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_e2e(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"`semseg predict` end to end, fresh processes, {results.get('e2e_source', '')}, "
+        f"--batch-size {results.get('e2e_batch')}:",
+        "",
+        "| model | flags | run | wall s | first PNG s | s/img after the first | backend | notes |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        first, wall, count = row["first_png_s"], row["wall_s"], max(row["pngs"], 1)
+        # the devkit writes three PNGs per image (overlay, label, prob)
+        images = max(count // 3, 1)
+        rest = (wall - first) / max(images - 1, 1) if first is not None and images > 1 else None
+        status = row["backend"] or f"exit {row['returncode']}: {' / '.join(row['notes'][-2:])}"
+        lines.append(
+            f"| {row['model']} | {row['case']} | {row['run']} | {wall:.1f} | "
+            f"{'' if first is None else f'{first:.1f}'} | "
+            f"{'' if rest is None else f'{rest:.3f}'} | {status.replace('|', '/')} | "
+            f"{notes_cell(row['notes'])} |"
+        )
+    return lines
+
+
+def notes_cell(notes: list[str]) -> str:
+    """What the run said about building, falling back or skipping paths (one cell)."""
+    keep = ("warning:", "quantizing", "compiling", "exporting", "not used")
+    picked = [n for n in notes if any(word in n for word in keep)]
+    return "; ".join(picked).replace("|", "/")
+
+
 def parse_checkpoint(text: str) -> tuple[str, str]:
     key, _, path = text.partition("=")
     if key not in MODELS or not path:
@@ -283,6 +532,7 @@ def parse_checkpoint(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global HEIGHT, WIDTH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vgg16,resnet18")
     parser.add_argument("--batches", default="1,8")
@@ -293,10 +543,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--checkpoint", type=parse_checkpoint, action="append", default=[])
     parser.add_argument("--quality", action="store_true", help="semseg quantize's comparison")
+    parser.add_argument("--size", default=f"{HEIGHT}x{WIDTH}", help="input size HxW")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="untrained models' width")
+    parser.add_argument("--no-aot", action="store_true", help="skip the AOTInductor package")
+    parser.add_argument("--no-pt2e", action="store_true", help="skip PT2E (torchao) int8")
+    parser.add_argument("--e2e", action="store_true", help="time semseg predict processes")
+    parser.add_argument("--e2e-images", type=int, default=12)
+    parser.add_argument("--e2e-batch", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.repeats, args.size = "vgg16", "1,2", 1, "32x96"
+        args.calibration_images, args.eval_images, args.width_mult = 2, 2, 0.125
+        args.e2e_images = min(args.e2e_images, 3)
+    HEIGHT, WIDTH = (int(v) for v in args.size.lower().split("x"))
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.e2e_source = ""
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -312,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="semseg-int8-") as work:
         for key in args.models.split(","):
             results["models"].append(bench_model(key, args, Path(work), log))
+        results["e2e_source"], results["e2e_batch"] = args.e2e_source, args.e2e_batch
     results["minutes"] = (time.perf_counter() - started) / 60
     results["machine_end"] = machine()
     text = render(results)

@@ -18,6 +18,10 @@ from semseg.config import Config, load_config
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KITTI_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "kitti_road"
 CAMVID_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+# `--backend auto` builds an int8 model and an AOTInductor package once per checkpoint (seconds to
+# a minute); the tests' many throw-away checkpoints and cache folders would pay that in every
+# predict/serve test. Only tests/test_compiled_paths.py turns it on (SEMSEG_AUTO_BUILD=1).
+os.environ.setdefault("SEMSEG_AUTO_BUILD", "0")
 needs_kitti = pytest.mark.skipif(
     not (KITTI_ROOT / "training" / "image_2").is_dir(), reason="../shared/data/kitti_road absent"
 )

@@ -290,7 +290,7 @@ def test_cli_export_errors_are_one_line(
     result = run_cli("export", str(checkpoint), "--format", "tflite", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "semseg: error: --format must be one of onnx, onnx-optimized, got 'tflite'"
+        "semseg: error: --format must be one of onnx, onnx-optimized, pt2, got 'tflite'"
     ]
 
 

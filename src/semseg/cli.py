@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from semseg.cli_support import (
 from semseg.cli_train import train_app
 from semseg.cli_weak import weak_app
 from semseg.errors import SemsegError
-from semseg.inference.options import Backend, BackendOptions
+from semseg.inference.options import Backend, BackendOptions, Precision
 
 app = typer.Typer(
     add_completion=False,
@@ -38,6 +39,21 @@ app = typer.Typer(
     help="Semantic segmentation of road scenes: FCN-8s on VGG16 for KITTI Road and friends.",
 )
 STATE = {"debug": False}
+
+
+class Smooth(StrEnum):
+    """``--smooth`` of a MIL model: none, SLIC superpixels or Felzenszwalb's segments."""
+
+    none = "none"
+    superpixels = "superpixels"
+    segments = "segments"
+
+
+IMAGE_PRIOR_HELP = "MIL model: multiply by the image-level prior of the LSE-pooled scores."
+SMOOTH_HELP = (
+    "MIL model: average the probabilities within SLIC superpixels or Felzenszwalb segments "
+    '(scikit-image, pip install -e ".\\[weak]").'
+)
 app.add_typer(train_app)  # train
 app.add_typer(weak_app)  # derive, pseudo-labels
 app.add_typer(regions_app)  # proposals
@@ -70,6 +86,8 @@ def evaluate(
     space: Annotated[
         Space, typer.Option(help="perspective, bev (bird's-eye view, needs calib) or both.")
     ] = Space.perspective,
+    image_prior: Annotated[bool, typer.Option("--image-prior", help=IMAGE_PRIOR_HELP)] = False,
+    smooth: Annotated[Smooth, typer.Option(help=SMOOTH_HELP)] = Smooth.none,
     *,
     inference: InferenceOptions,
 ) -> None:
@@ -84,6 +102,7 @@ def evaluate(
     split, space = Split(split).value, Space(space).value
     suffix = "" if space == "perspective" else f"_{space}"
     suffix += "_crf" if inference.crf is not None else ""
+    suffix += mil_suffix(image_prior, str(smooth))
     out = out or checkpoint.parent / f"eval_{split}{suffix}.json"
     check_output_file(out, "--out")  # before any image is scored
     with progress_bar() as bar:
@@ -102,6 +121,8 @@ def evaluate(
             on_progress=lambda n: bar.advance(task, n),
             warn=lambda message: err_console.print(f"warning: {message}"),
             announce=lambda line: print(line, file=sys.stderr, flush=True),
+            image_prior=image_prior,
+            smooth=str(smooth),
         )
     if results.get("task") == "multiclass":
         from semseg.evaluation import write_multiclass_figures
@@ -110,6 +131,11 @@ def evaluate(
     write_json_atomic(out, results)
     print_scores(results, title=f"{checkpoint.name} on {data} ({split})")
     console.print(f"results: {out}")
+
+
+def mil_suffix(image_prior: bool, smooth: str) -> str:
+    """What the MIL inference adds to the default results name (``_prior_superpixels``)."""
+    return ("_prior" if image_prior else "") + ("" if smooth == "none" else f"_{smooth}")
 
 
 @app.command()
@@ -122,6 +148,8 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    image_prior: Annotated[bool, typer.Option("--image-prior", help=IMAGE_PRIOR_HELP)] = False,
+    smooth: Annotated[Smooth, typer.Option(help=SMOOTH_HELP)] = Smooth.none,
     *,
     inference: InferenceOptions,
 ) -> None:
@@ -137,6 +165,9 @@ def predict(
 
     check_output_dir(out, "--out")  # before any image is predicted
     loaded = load_any_model(checkpoint)
+    from semseg.weak.mil import inference_settings
+
+    mil = inference_settings(getattr(loaded, "lse_r", None), image_prior, str(smooth), checkpoint)
     paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
     options = inference.backend
     engine = choose_backend(
@@ -144,6 +175,7 @@ def predict(
         options,
         image=read_rgb(paths[0]) if options.backend == "auto" else None,
         batch_size=min(batch_size, len(paths)),
+        images=calibration_images(paths),
     )
     if getattr(engine, "metadata", {}).get("precision") == "int8":
         from semseg.inference.quantize import vnni_warning
@@ -160,26 +192,44 @@ def predict(
             on_progress=lambda n: bar.advance(task, n),
             crf=inference.crf,
             backend=engine,
+            mil=mil,
         )
     console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
+
+
+def calibration_images(paths: list[Path]):
+    """int8 calibration images of ``semseg predict``: the images given, read when needed."""
+    from semseg.inference.calibration_data import images_from_paths
+    from semseg.inference.int8_cache import CALIBRATION_IMAGES
+
+    return lambda: images_from_paths(paths, CALIBRATION_IMAGES)
 
 
 @app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A semseg checkpoint (.ckpt).")],
     format_: Annotated[
-        str, typer.Option("--format", help="onnx, or onnx-optimized (onnxruntime's, this CPU).")
+        str,
+        typer.Option(
+            "--format",
+            help="onnx, onnx-optimized (onnxruntime's, this CPU) or pt2 (AOTInductor, this CPU).",
+        ),
     ] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file [CHECKPOINT.onnx].")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset [17].")] = None,
+    precision: Annotated[str, typer.Option(help="pt2: bf16 (channels-last) or 32.")] = "bf16",
 ) -> None:
-    """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; verified)."""
+    """Export a checkpoint for deployment (ONNX: dynamic batch, height and width; pt2: compiled
+    once for this CPU at the model's input size, batch 1-64; verified)."""
     from semseg.inference.checkpoint import load_model
     from semseg.inference.onnx_export import DEFAULT_OPSET, check_format, check_opset, export_onnx
 
     check_format(format_)
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     loaded = load_model(checkpoint)
+    if format_ == "pt2":
+        export_pt2_command(loaded, checkpoint, out, precision)
+        return
     if format_ == "onnx-optimized":
         from semseg.inference.onnx_optimized import export_onnx_optimized
 
@@ -200,6 +250,24 @@ def export_command(
     )
     if verification is not None:
         console.print(f"verified: {verification.summary()}")
+
+
+def export_pt2_command(loaded, checkpoint: Path, out: Path | None, precision: str) -> None:
+    from semseg.inference.aot import PT2_PRECISIONS, export_pt2
+
+    if precision not in PT2_PRECISIONS:
+        choices = ", ".join(PT2_PRECISIONS)
+        raise SemsegError(f"--precision must be one of {choices} for pt2, got {precision!r}")
+    out = out or checkpoint.with_suffix(f".{precision}.pt2")
+    if out.suffix != ".pt2":
+        raise SemsegError(f"--out must name a .pt2 file, got {out}")
+    worst = export_pt2(loaded, out, precision, announce=lambda line: err_console.print(line))
+    height, width = loaded.input_size
+    console.print(
+        f"exported {checkpoint} to {out} (AOTInductor package, {precision}, {height}x{width}, "
+        f"batch 1-64, this CPU and torch {__import__('torch').__version__}; "
+        f"{out.stat().st_size / 1e6:.1f} MB; verified: max |dp| {worst:.1e} against fp32 eager)"
+    )
 
 
 @app.command("quantize")
@@ -409,6 +477,14 @@ def serve(
             help="auto (fastest that matches fp32, timed once and cached), torch, or onnxruntime.",
         ),
     ] = Backend.auto,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="32, bf16 or int8 (quantized once on --calibration-data, cached)."),
+    ] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Images of your data to calibrate int8 on the first time (a folder)."),
+    ] = None,
     max_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
     ] = 20 * 1024 * 1024,
@@ -435,7 +511,8 @@ def serve(
         checkpoint,
         host=host,
         port=port,
-        backend=BackendOptions(str(backend)),
+        backend=BackendOptions(str(backend), None if precision is None else str(precision)),
+        calibration_data=calibration_data,
         max_bytes=max_bytes,
         max_side=max_side,
         max_pixels=max_pixels,

@@ -153,7 +153,8 @@ def _inference_parameters(default_backend: str) -> list[inspect.Parameter]:
             "precision",
             Precision | None,
             None,
-            help="32 or bf16 (torch). auto tries both where the CPU has bf16; torch: 32.",
+            help="32, bf16 (torch) or int8 (quantized once on images of your data, cached; "
+            "onnxruntime). auto tries each where the CPU has the instructions; torch: 32.",
         ),
         option(
             "channels_last",
@@ -228,7 +229,12 @@ def inference_options(default_backend: str):
 
 
 def load_any_model(path: Path):
-    """A checkpoint, or a semseg ONNX export (.onnx: runs with onnxruntime)."""
+    """A checkpoint, a semseg ONNX export (.onnx: runs with onnxruntime) or an AOTInductor
+    package (.pt2: runs as compiled)."""
+    if path.suffix.lower() == ".pt2":
+        from semseg.inference.aot import load_pt2_model
+
+        return load_pt2_model(path)[0]
     if path.suffix.lower() == ".onnx":
         from semseg.inference.onnx_export import load_onnx_model
 
@@ -238,14 +244,17 @@ def load_any_model(path: Path):
     return load_model(path)
 
 
-def choose_backend(loaded, options, image=None, batch_size=1):
-    """The backend the options ask for; says which on one stderr line."""
+def choose_backend(loaded, options, image=None, batch_size=1, images=None):
+    """The backend the options ask for; says which on one stderr line. ``images``: calibration
+    images for an int8 model (a list, or a function that reads them when needed)."""
     from semseg.inference.autotune import choose_backend as choose
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    engine, choice = choose(loaded, options, image=image, announce=announce, batch_size=batch_size)
+    engine, choice = choose(
+        loaded, options, image=image, images=images, announce=announce, batch_size=batch_size
+    )
     announce(choice.line(engine))
     return engine
 

@@ -54,6 +54,13 @@ def weak_flags(
     }
 
 
+def tag_flags(supervision: str | None, tags: Path | None) -> dict[str, object]:
+    """``--supervision`` and ``--tags`` as config fields (``--tags`` alone implies tags)."""
+    if tags is not None and supervision is None:
+        supervision = "tags"
+    return {"train.supervision": supervision, "train.tags": None if tags is None else str(tags)}
+
+
 @train_app.command()
 def train(
     config: Annotated[str | None, typer.Option(help="Config file or packaged name.")] = None,
@@ -105,11 +112,24 @@ def train(
     rounds: Annotated[
         int | None, typer.Option(min=1, help="Recursive training rounds from --boxes.")
     ] = None,
+    tags: Annotated[
+        Path | None,
+        typer.Option(help="--supervision tags: image-level tags, CSV or JSON (derive --to tags)."),
+    ] = None,
     supervision: Annotated[
-        str | None, typer.Option(help="full, or boxsup (BoxSup from --boxes).")
+        str | None,
+        typer.Option(
+            help="full (masks or --labels), boxsup (BoxSup from --boxes) or tags (MIL-LSE "
+            "from --tags; train.lse_r sets r)."
+        ),
     ] = None,
 ) -> None:
-    """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml)."""
+    """Train a model (defaults: the reference exercise, configs/kitti_fcn8s.yaml).
+
+    --supervision tags --tags FILE: multiple-instance learning from image-level tags (Pinheiro &
+    Collobert): the pixel scores are Log-Sum-Exp pooled (--set train.lse_r=R) and trained with a
+    per-class sigmoid multi-label loss; validation and best.ckpt use the validation masks.
+    """
     from semseg.training import train as run_training
 
     flags = {
@@ -136,6 +156,7 @@ def train(
         "model.backbone_weights": backbone_weights,
         "data.skip_bad": skip_bad,
         **weak_flags(labels, boxes, rounds, supervision),
+        **tag_flags(supervision, tags),
     }
     cfg = build_train_config(config, resume, list(set_ or []), flags)
     finished = run_training(cfg, resume=resume, overwrite=overwrite)

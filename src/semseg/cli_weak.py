@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from semseg.cli_support import console, err_console, progress_bar
+from semseg.errors import SemsegError
 
 weak_app = typer.Typer()
 
@@ -35,6 +36,7 @@ class DeriveTarget(StrEnum):
 
     boxes = "boxes"
     instances = "instances"
+    tags = "tags"
 
 
 class Method(StrEnum):
@@ -47,6 +49,7 @@ class Method(StrEnum):
     grabcut_i = "grabcut-i"
     candidates = "candidates"
     m_and_g = "m-and-g"
+    cam = "cam"  # from image-level tags (--tags), not boxes
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class DeriveRequest:
     out: Path
     class_table: str | None
     min_area: int
+    min_frac: float = 0.01  # tags: semseg.weak.tags.DEFAULT_MIN_FRAC
+    crop: str | None = None  # tags: "HxW" crops
 
 
 def info(line: str) -> None:
@@ -131,9 +136,32 @@ def derive_instances_command(request: DeriveRequest) -> None:
     )
 
 
+def derive_tags_command(request: DeriveRequest) -> None:
+    """``--to tags``: the classes covering at least --min-frac of each image (or crop)."""
+    from semseg.weak.tag_jobs import derive_tags_file
+
+    summary = derive_tags_file(
+        request.data,
+        request.out,
+        min_frac=request.min_frac,
+        crop=request.crop,
+        class_table=request.class_table,
+    )
+    per_class = ", ".join(f"{name}: {count}" for name, count in summary["per_class"].items())
+    what = "crop(s)" if request.crop else "image(s)"
+    line = (
+        f"derived tags of {summary['records']} {what} of {summary['images']} image(s) "
+        f"({per_class}) -> {summary['out']}"
+    )
+    if summary["unlabelled"]:
+        line += f"; {summary['unlabelled']} image(s) without a mask got no tags"
+    info(line)
+
+
 DERIVERS: dict[DeriveTarget, Callable[[DeriveRequest], None]] = {
     DeriveTarget.boxes: derive_boxes_command,
     DeriveTarget.instances: derive_instances_command,
+    DeriveTarget.tags: derive_tags_command,
 }
 
 
@@ -141,7 +169,7 @@ DERIVERS: dict[DeriveTarget, Callable[[DeriveRequest], None]] = {
 def derive(
     to: Annotated[
         DeriveTarget,
-        typer.Option("--to", help="What to derive from the masks: boxes, instances."),
+        typer.Option("--to", help="What to derive from the masks: boxes, instances or tags."),
     ],
     data: Annotated[
         Path, typer.Option(help="Dataset with full masks: KITTI data_road, a folder, VOC, ...")
@@ -149,7 +177,8 @@ def derive(
     out: Annotated[
         Path,
         typer.Option(
-            help=f"Output folder (boxes: OUT/{BOXES_FILE}; instances: OUT/{INSTANCES_FILE})."
+            help=f"boxes/instances: output folder (OUT/{BOXES_FILE}, OUT/{INSTANCES_FILE}); "
+            "tags: a .csv/.json file."
         ),
     ],
     min_area: Annotated[
@@ -158,6 +187,13 @@ def derive(
     class_table: Annotated[
         str | None, typer.Option(help="YAML class table [DATA/classes.yaml].")
     ] = None,
+    min_frac: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="tags: least share of valid pixels a class needs."),
+    ] = 0.01,
+    crop: Annotated[
+        str | None, typer.Option(help="tags: per HxW crop of a grid over the image, e.g. 240x320.")
+    ] = None,
 ) -> None:
     """Weak labels derived from full masks, to measure weak supervision against full.
 
@@ -165,11 +201,18 @@ def derive(
     instances: a mask per connected component of each countable class (car, pedestrian,
     bicyclist, sign_symbol, pole), as COCO instance JSON with RLE masks (maskrcnn-semantic's
     mask AP ground truth).
+    tags: the classes covering at least --min-frac of each image's (or crop's) valid pixels,
+    as CSV (image,class1;class2[,top,left,height,width]) or JSON, by the --out suffix.
     """
-    from semseg.io import check_output_dir
+    from semseg.io import check_output_dir, check_output_file
 
-    check_output_dir(out, "--out")
-    request = DeriveRequest(data=data, out=out, class_table=class_table, min_area=min_area)
+    if DeriveTarget(to) is DeriveTarget.tags:
+        check_output_file(out, "--out")
+    else:
+        check_output_dir(out, "--out")
+    request = DeriveRequest(
+        data=data, out=out, class_table=class_table, min_area=min_area, min_frac=min_frac, crop=crop
+    )
     DERIVERS[DeriveTarget(to)](request)
 
 
@@ -188,15 +231,16 @@ def require_extras(method: str) -> None:
 
 @weak_app.command("pseudo-labels")
 def pseudo_labels(
-    boxes: Annotated[
-        Path, typer.Option(help="COCO detection JSON, or a folder of Pascal VOC NAME.xml files.")
-    ],
     data: Annotated[Path, typer.Option(help="The images (and masks, to score the labels).")],
     method: Annotated[
         Method,
-        typer.Option(help="Simple Does It's pseudo-label method."),
+        typer.Option(help="Simple Does It's pseudo-label method (boxes), or cam (tags)."),
     ],
     out: Annotated[Path, typer.Option(help="Output folder: NAME.png per image, quality.")],
+    boxes: Annotated[
+        Path | None,
+        typer.Option(help="COCO detection JSON, or a folder of Pascal VOC NAME.xml files."),
+    ] = None,
     crf: Annotated[
         bool,
         typer.Option("--crf", help='Refine with the dense CRF (pip install -e ".\\[crf]").'),
@@ -208,8 +252,22 @@ def pseudo_labels(
     class_table: Annotated[
         str | None, typer.Option(help="YAML class table [DATA/classes.yaml].")
     ] = None,
+    tags: Annotated[
+        Path | None, typer.Option(help="cam: image-level tags, CSV or JSON (derive --to tags).")
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="cam: most passes over the tags to train the classifier.")
+    ] = 10,
+    max_time: Annotated[
+        float, typer.Option(min=1.0, help="cam: classifier training budget, CPU seconds.")
+    ] = 300.0,
 ) -> None:
-    """Training labels from boxes (Simple Does It's methods) and their quality.
+    """Training labels from boxes (Simple Does It's methods) or from image-level tags (cam)
+    and their quality.
+
+    cam: a multi-label GAP classifier trained from --tags (at most --epochs, --max-time CPU
+    seconds); its class activation maps of each image's tagged classes, normalised, give the
+    labels (below 0.2: background or ignore, from 0.4: the strongest class, ignore between).
 
     One PNG per image (training ids, 255 = ignore) and, where masks exist, the labels' quality
     against them (mIoU; MaxF and IoU for road) in the table, OUT/quality.json and quality.md.
@@ -218,6 +276,11 @@ def pseudo_labels(
     from semseg.io import check_output_dir, write_text_atomic
 
     method_name = str(method)
+    if method_name == "cam" or tags is not None:
+        check_source(method_name, boxes, tags)
+        return cam_pseudo_labels(tags, data, out, crf, class_table, epochs, max_time)
+    check_source(method_name, boxes, tags)
+    assert boxes is not None
     require_extras(method_name)
     if crf:
         require_backend()
@@ -239,6 +302,65 @@ def pseudo_labels(
     if result["skipped"]:
         first = next(iter(result["skipped_reasons"].values()))
         warn(f"skipped {result['skipped']} image(s) without a usable annotation; first: {first}")
+    write_text_atomic(out / QUALITY_MARKDOWN, quality_markdown(result))
+    print_quality(result)
+    info(
+        f"wrote {result['images']} pseudo-label(s) ({method_label(result)}) to {out}; "
+        f"quality: {out / QUALITY_FILE}, {out / QUALITY_MARKDOWN}"
+    )
+
+
+def check_source(method: str, boxes: Path | None, tags: Path | None) -> None:
+    """cam takes --tags, the box methods --boxes; one of them, not both."""
+    if method == "cam":
+        if tags is None:
+            raise SemsegError("--method cam needs --tags FILE (image-level tags)")
+        if boxes is not None:
+            raise SemsegError("--method cam learns from --tags; drop --boxes")
+    elif tags is not None:
+        raise SemsegError(f"--tags is for --method cam, not {method}")
+    elif boxes is None:
+        raise SemsegError(f"--method {method} needs --boxes (COCO JSON or VOC XML folder)")
+
+
+def cam_pseudo_labels(
+    tags: Path | None,
+    data: Path,
+    out: Path,
+    crf: bool,
+    class_table: str | None,
+    epochs: int,
+    max_time: float,
+) -> None:
+    """``pseudo-labels --method cam``: train the CAM classifier, write and score its labels."""
+    from semseg.inference.crf import require_backend
+    from semseg.io import check_output_dir, write_text_atomic
+
+    assert tags is not None
+    if crf:
+        require_backend()
+    check_output_dir(out, "--out")
+    from semseg.weak.jobs import QUALITY_FILE
+    from semseg.weak.tag_jobs import CAMSchedule, write_cam_labels  # torch: after the checks
+
+    schedule = CAMSchedule(epochs=epochs, max_time_s=max_time)
+    with progress_bar() as bar:
+        task = bar.add_task("CAM pseudo-labels", total=None)
+        result = write_cam_labels(
+            tags,
+            data,
+            out,
+            crf,
+            class_table=class_table,
+            schedule=schedule,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    training = result["training"]
+    info(
+        f"CAM classifier: {training['steps']} step(s), {training['epochs']} epoch(s), "
+        f"{training['seconds']:.0f} s ({training['clock']} clock), loss "
+        f"{training['first_loss']:.3f} -> {training['final_loss']:.3f}"
+    )
     write_text_atomic(out / QUALITY_MARKDOWN, quality_markdown(result))
     print_quality(result)
     info(

@@ -195,13 +195,18 @@ class TrainConfig:
     out_dir: str = "runs"
     run_dir: str | None = None  # an explicit run folder instead of out_dir/name-timestamp
     progress: bool = True
-    # Weak supervision from data.boxes (semseg.box_training): "full" trains on the masks (or
-    # data.labels); "boxsup" chooses each box's candidate segment per epoch (BoxSup).
-    supervision: str = setting("full", choices=("full", "boxsup"))
+    # What the training labels are (semseg.box_training, semseg.training_tags): "full" trains
+    # on the masks (or data.labels); "boxsup" chooses each box's candidate segment per epoch
+    # (BoxSup); "tags" learns from image-level tags in train.tags (MIL with LSE pooling).
+    supervision: str = setting("full", choices=("full", "boxsup", "tags"))
     rounds: int = setting(1, ge=1)  # recursive training rounds (Simple Does It); 1: plain
     round_method: str = setting("box", choices=BOX_METHODS)  # round 0's labels from the boxes
     round_crf: bool = False  # dense-CRF refinement of each later round's labels
     boxsup_lambda: float = setting(3.0, ge=0.0)  # BoxSup: weight of the network's cross-entropy
+    # supervision=tags: the tags file (CSV or JSON, semseg derive --to tags) and the
+    # sharpness r of the Log-Sum-Exp pooling (r -> 0: mean pooling, r -> inf: max pooling)
+    tags: str | None = None
+    lse_r: float = setting(5.0, gt=0.0, le=1000.0)
 
 
 # Fields that older releases wrote into config.yaml but that no longer do anything: a run's
@@ -430,6 +435,7 @@ def check_cross_fields(config: Config) -> None:
             f"KITTI road/lane has 2 classes, but model.num_classes={model.num_classes}"
         )
     check_weak_fields(config)
+    check_tag_supervision(config)
 
 
 def check_weak_fields(config: Config) -> None:
@@ -447,6 +453,15 @@ def check_weak_fields(config: Config) -> None:
         raise SemsegError(
             "--supervision boxsup chooses its own labels every epoch: drop --rounds and --labels"
         )
+
+
+def check_tag_supervision(config: Config) -> None:
+    """``train.supervision: tags`` needs its tags file (and only then is one used)."""
+    train = config.train
+    if train.supervision == "tags" and not train.tags:
+        raise SemsegError("train.supervision=tags needs the tags file: --tags FILE (train.tags)")
+    if train.tags and train.supervision != "tags":
+        raise SemsegError(f"--tags (train.tags) is for --supervision tags, not {train.supervision}")
 
 
 def resolve_config(config: Config, run_dir: Path) -> Config:

@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from semseg.metrics.multiclass import (
     scores_from_confusion,
     write_multiclass_outputs,
 )
+
+if TYPE_CHECKING:
+    from semseg.weak.mil import MILInference
 
 SCORE_COLUMNS = ("max_f", "ap", "precision", "recall", "fpr", "fnr", "best_threshold")
 SPACES = {"perspective": ("perspective",), "bev": ("bev",), "both": ("perspective", "bev")}
@@ -178,8 +181,12 @@ def evaluate_samples(
     crf: CRFParams | None = None,
     skip_bad: bool = False,
     backend: str | InferenceBackend | None = None,
+    mil: MILInference | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` (read by ``reader``) in ``space`` and return the results as plain data.
+
+    ``mil``: a MIL model's inference (image-level prior, smoothing; ``semseg.weak.mil``),
+    recorded under ``"mil"`` in the results.
 
     ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
 
@@ -209,7 +216,7 @@ def evaluate_samples(
         skipped = len(samples) - len(with_calib)
         if skipped and warn is not None:
             warn(bev_skip_message(skipped, len(samples)))
-    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend, mil=mil)
     positive = loaded.positive_class
     scores = {name: SpaceScores(loaded.num_classes, positive) for name in spaces}
     lookups = LookupCache()
@@ -251,6 +258,8 @@ def evaluate_samples(
     header = {"checkpoint": str(loaded.path), "model": loaded.model_name, "unreadable": unreadable}
     if crf is not None:
         header["crf"] = dataclasses.asdict(crf)
+    if mil is not None:
+        header["mil"] = dataclasses.asdict(mil)
     if len(by_space) == 1:
         (only,) = by_space.values()
         return {**header, **only}
@@ -267,15 +276,17 @@ def evaluate_multiclass_samples(
     crf: CRFParams | None = None,
     skip_bad: bool = False,
     backend: str | InferenceBackend | None = None,
+    mil: MILInference | None = None,
 ) -> dict[str, Any]:
     """Score a multi-class model on ``samples``: one confusion matrix over every image at full
-    ground-truth resolution, void ignored (:mod:`semseg.metrics.multiclass`).
+    ground-truth resolution, void ignored (:mod:`semseg.metrics.multiclass`). ``mil``: as for
+    :func:`evaluate_samples`.
 
     Results: ``groups.all`` holds ``miou``, ``mean_acc`` (class average), ``global_acc``,
     ``fwiou``, ``pixels`` and ``num_images``; ``per_class`` {name: {iou, accuracy}};
     ``confusion`` the raw matrix (rows: ground truth); ``classes`` and ``colours`` the palette.
     """
-    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend, mil=mil)
     confusion = ConfusionMatrix(loaded.num_classes)
     unreadable: list[str] = []
     used = 0
@@ -316,6 +327,8 @@ def evaluate_multiclass_samples(
         results["crf"] = dataclasses.asdict(crf)
     if hasattr(loaded.model, "detect") and not unreadable:
         results.update(instance_scores(loaded, samples, reader, batch_size))
+    if mil is not None:
+        results["mil"] = dataclasses.asdict(mil)
     return results
 
 
@@ -453,14 +466,20 @@ def evaluate_checkpoint(
     warn: Callable[[str], None] | None = None,
     announce: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    image_prior: bool = False,
+    smooth: str = "none",
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the labelled images of ``data`` (``split``: ``all``, or ``val``,
-    the validation images of the checkpoint's run). ``backend``: default plain fp32 eager torch."""
+    the validation images of the checkpoint's run). ``backend``: default plain fp32 eager torch.
+    ``image_prior`` / ``smooth`` (``none``, ``superpixels``, ``segments``): the inference of a
+    MIL model trained from tags (:func:`semseg.weak.mil.inference_settings`)."""
     from semseg.data.datamodule import make_reader
     from semseg.inference.autotune import choose_backend
+    from semseg.weak.mil import inference_settings
 
     checkpoint, data = Path(checkpoint), Path(data)
     loaded = load_model(checkpoint)
+    mil = inference_settings(loaded.lse_r, image_prior, smooth, checkpoint)
     data_config = data_config_for(data, class_table)
     check_model_fits_data(loaded, data_config)
     samples = split_samples_of(data, split, checkpoint, skip_bad=skip_bad)
@@ -470,7 +489,12 @@ def evaluate_checkpoint(
     if on_total is not None:
         on_total(len(samples))
     engine, choice = choose_backend(
-        loaded, options, image=image, batch_size=batch_size, announce=announce
+        loaded,
+        options,
+        image=image,
+        images=lambda: calibration_images(reader, samples),
+        batch_size=batch_size,
+        announce=announce,
     )
     if announce is not None:
         announce(choice.line(engine))
@@ -478,7 +502,7 @@ def evaluate_checkpoint(
         if space != "perspective":
             raise SemsegError(f"--space {space} scores road; {checkpoint} is a multi-class model")
         results = evaluate_multiclass_samples(
-            loaded, samples, reader, batch_size, on_progress, warn, crf, skip_bad, engine
+            loaded, samples, reader, batch_size, on_progress, warn, crf, skip_bad, engine, mil
         )
     else:
         results = evaluate_samples(
@@ -492,9 +516,24 @@ def evaluate_checkpoint(
             crf=crf,
             skip_bad=skip_bad,
             backend=engine,
+            mil=mil,
         )
     results["split"] = split
     return results
+
+
+def calibration_images(reader: Callable, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """int8 calibration images: up to 16 of the samples' images, spread over them."""
+    from semseg.inference.calibration_data import spread
+    from semseg.inference.int8_cache import CALIBRATION_IMAGES
+
+    images = []
+    for index in spread(CALIBRATION_IMAGES, len(samples)):
+        try:
+            images.append(reader(samples[index])[0])
+        except Exception:  # reported where the sample is scored
+            continue
+    return images
 
 
 def first_readable_image(reader: Callable, samples: Sequence[Sample]) -> np.ndarray | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,14 +82,17 @@ def predict_files(
     on_progress: Callable[[int], None] | None = None,
     crf: CRFParams | None = None,
     backend: str | InferenceBackend | None = None,
+    mil: Any = None,
 ) -> int:
     """Write the outputs for each path (the module's docstring lists them: three for a
     two-class model, three others for a multi-class one); returns the number of images written.
 
     ``crf``: refine the probabilities with the fully connected CRF first (``--crf``).
     ``backend``: what runs the model (:mod:`semseg.inference.autotune`; default fp32 torch).
+    ``mil``: a MIL model's inference (``semseg.weak.mil.MILInference``: image-level prior,
+    smoothing), or None for the plain argmax.
     """
-    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend)
+    predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend, mil=mil)
     written = 0
     for start in range(0, len(paths), predictor.batch_size):
         chunk = paths[start : start + predictor.batch_size]

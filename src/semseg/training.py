@@ -303,7 +303,10 @@ def build_trainer(config: Config, run: RunDir | Path, progress: bool) -> L.Train
 
 
 def selection_metric(config: Config) -> str:
-    """What ``best.ckpt`` maximises: road MaxF for two classes, mIoU for more."""
+    """What ``best.ckpt`` maximises: road MaxF for two classes, mIoU for more (and for
+    training from tags, whose validation scores the raw argmax by mIoU)."""
+    if config.train.supervision == "tags":
+        return "val_miou"
     return "val_maxf" if config.model.num_classes == 2 else "val_miou"
 
 
@@ -458,6 +461,10 @@ def train(
     config = resolve_config(config, run.path)  # validated; never changed during the run
     config = with_data_classes(config)
     check_given_split(config.data)
+    if config.train.supervision == "tags":
+        from semseg.training_tags import check_tags
+
+        check_tags(config, class_names_of(config))  # before the run folder is made
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if not is_rank_zero():
         return _train_in(config, run, resume is not None, synthetic)
@@ -492,17 +499,31 @@ def _train_in(
         count, first = len(datamodule.skipped), datamodule.skipped[0]
         warn(f"skipped {count} unreadable sample(s); first: {first}")
     callbacks = prepare(config, run, datamodule) if prepare is not None else []
-    task = build_task(config, training_class_weights(config, run, datamodule))
+    task, fit_data = fit_parts(config, run, datamodule)
     progress = config.train.progress and sys.stdout.isatty()
     trainer = build_trainer(config, run, progress)
     trainer.callbacks.extend(callbacks)
     ckpt_path = run.resume_checkpoint() if resume else None
     if ckpt_path is not None:
         check_resumable(config, ckpt_path)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(task, datamodule=fit_data, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         finish_run(config, run, datamodule)
     return run.path
+
+
+def fit_parts(
+    config: Config, run: RunDir, datamodule: SegmentationDataModule
+) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The task and data module to fit: from full masks, or (``train.supervision: tags``)
+    MIL from image-level tags (:mod:`semseg.training_tags`)."""
+    if config.train.supervision == "tags":
+        from semseg.training_tags import tag_training
+
+        table = data_class_table(config.data)
+        colours = table.colours.tolist() if table is not None else None
+        return tag_training(config, datamodule, class_names_of(config), colours)
+    return build_task(config, training_class_weights(config, run, datamodule)), datamodule
 
 
 def best_checkpoint(run_dir: Path) -> Path:

@@ -9,6 +9,15 @@ choice per (machine, checkpoint) in :func:`semseg.inference.machine.cache_dir`
 ``/backend-choices.json``. A checkpoint's ONNX export is cached there too (``onnx/``), with the
 SHA-256 of the export beside it: an entry that was replaced or truncated is exported again.
 
+Two candidates are built once and kept in the artefact cache (:mod:`semseg.inference.artefacts`,
+keyed by checkpoint, input size, precision, library versions and CPU flags): the compiled bf16
+AOTInductor package (:mod:`semseg.inference.aot`) and the int8 model quantized on images of the
+user's data (:mod:`semseg.inference.int8_cache`), accepted only if it passed its parity guard on
+those images and keeps parity on the calibration batch. One that cannot run here (no C++
+compiler, no bf16 or VNNI instructions, no calibration images, parity failed) is skipped with a
+one-line reason. ``--precision int8`` runs the int8 model directly, falling back to onnxruntime
+fp32 (then fp32 eager) with a message where it cannot.
+
 Imports the runtimes, the machine probes, checkpoints and :mod:`semseg.inference.onnx_export`
 (which does not import this module).
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,15 +40,19 @@ from torch import Tensor
 
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel, file_sha256
+from semseg.inference.int8_cache import ImageSource
 from semseg.inference.machine import bf16_supported, cache_dir, machine_key
 from semseg.inference.onnx_export import DEFAULT_OPSET, export_onnx
 from semseg.inference.options import BackendOptions
 from semseg.inference.runtimes import InferenceBackend, OnnxRuntimeBackend, TorchBackend
 from semseg.io import first_line, write_json_atomic, write_text_atomic
 
-PARITY_TOLERANCE = {"32": 1e-3, "bf16": 0.02}
+PARITY_TOLERANCE = {"32": 1e-3, "bf16": 0.02, "int8": 0.25}
 """Largest max |p - p_fp32_eager| (softmax probability, any class, any pixel) that ``auto``
-accepts for a candidate of that precision; ONNX Runtime runs fp32."""
+accepts for a candidate of that precision on its calibration batch. int8 must also keep the
+labels of at least :data:`INT8_MIN_AGREEMENT` of the pixels there, besides the parity guard it
+passed on the calibration images when it was built (:mod:`semseg.inference.int8_cache`)."""
+INT8_MIN_AGREEMENT = 0.99
 CALIBRATION_ITERATIONS = 3
 CALIBRATION_MAX_BATCH = 4
 """Timed runs per candidate (after one warm-up), interleaved between candidates; median kept."""
@@ -104,7 +118,10 @@ def onnx_backend_for(
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run the model: backend family plus the torch knobs."""
+    """One way to run the model: backend family plus the torch knobs.
+
+    Families: ``torch`` (eager or ``torch.compile``), ``onnxruntime`` (fp32 export, or the
+    cached int8 model with ``precision="int8"``) and ``aot`` (the cached AOTInductor package)."""
 
     backend: str = "torch"
     precision: str = "32"
@@ -113,15 +130,34 @@ class Candidate:
 
     def label(self) -> str:
         if self.backend == "onnxruntime":
-            return "onnxruntime fp32"
+            return "onnxruntime int8" if self.precision == "int8" else "onnxruntime fp32"
         parts = ["torch", "bf16" if self.precision == "bf16" else "fp32"]
         if self.channels_last:
             parts.append("channels-last")
         parts.append("compiled" if self.compile else "eager")
+        if self.backend == "aot":
+            parts.append("(AOTInductor package)")
         return " ".join(parts)
+
+    @property
+    def builds_artefact(self) -> bool:
+        """Built once into the artefact cache (int8 quantization, AOT compilation)."""
+        return self.backend == "aot" or self.precision == "int8"
 
 
 BASELINE = Candidate()
+INT8 = Candidate("onnxruntime", "int8")
+AOT_BF16 = Candidate("aot", "bf16", channels_last=True, compile=True)
+AUTO_BUILD_ENV = "SEMSEG_AUTO_BUILD"
+"""Set to 0: ``auto`` uses int8 models and compiled packages only where already cached (it builds
+none); explicit ``--precision int8`` still builds."""
+
+
+NOT_BUILT = f"not cached, and {AUTO_BUILD_ENV}=0 builds none"
+
+
+def auto_builds() -> bool:
+    return os.environ.get(AUTO_BUILD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def build_backend(
@@ -131,14 +167,47 @@ def build_backend(
     device: str = "cpu",
     announce: Callable[[str], None] | None = None,
     sha256: str | None = None,
+    images: ImageSource = None,
+    rebuild: bool = False,
+    cached_only: bool = False,
 ) -> InferenceBackend:
+    """The runtime of ``candidate``. ``images``: calibration images for an int8 model that has
+    to be built; ``cached_only``: refuse to build int8 models and compiled packages."""
+    if candidate.builds_artefact and cached_only and not artefact_cached(loaded, candidate, sha256):
+        raise SemsegError(NOT_BUILT)
+    if candidate == INT8:
+        from semseg.inference.int8_cache import int8_backend
+
+        return int8_backend(
+            loaded, images, sha256=sha256, threads=threads, rebuild=rebuild, announce=announce
+        )
     if candidate.backend == "onnxruntime":
         return onnx_backend_for(loaded, threads, announce, sha256)
     if loaded.model is None:
         raise SemsegError(f"{loaded.path} is an ONNX model: it runs with --backend onnxruntime")
+    if candidate.backend == "aot":
+        from semseg.inference.aot import cached_pt2
+
+        return cached_pt2(loaded, candidate.precision, sha256, announce)
     return TorchBackend(
         loaded.model, candidate.precision, candidate.channels_last, candidate.compile, device
     )
+
+
+def artefact_cached(loaded: LoadedModel, candidate: Candidate, sha256: str | None) -> bool:
+    from semseg.inference import artefacts
+
+    if loaded.model is None or not loaded.path.is_file():
+        return False
+    sha = sha256 or file_sha256(loaded.path)
+    if candidate == INT8:
+        from semseg.inference.int8_cache import int8_key
+
+        return artefacts.lookup(int8_key(loaded, sha)).ok
+    from semseg.inference.aot import MAX_BATCH
+
+    key = artefacts.key_for(loaded, sha, "pt2", candidate.precision, f"batch 1..{MAX_BATCH}")
+    return artefacts.lookup(key).ok
 
 
 def auto_candidates(
@@ -146,8 +215,10 @@ def auto_candidates(
 ) -> list[Candidate]:
     """What ``--backend auto`` tries: fp32 eager (the reference) first, then the fast paths.
 
-    torch.compile is tried only with ``--compile`` (it costs tens of seconds per input shape);
-    bf16 only on a CPU with bf16 instructions; ``--precision`` / ``--channels-last`` restrict.
+    torch.compile in the process is tried only with ``--compile`` (it costs tens of seconds per
+    input shape and process); the compiled bf16 package (AOTInductor, compiled once and cached)
+    and the int8 model (quantized once and cached) are tried by default; bf16 only on a CPU with
+    bf16 instructions; ``--precision`` / ``--channels-last`` restrict.
     """
     precisions = [precision] if precision else ["32", *(["bf16"] if bf16_supported() else [])]
     layouts = [channels_last] if channels_last is not None else [False, True]
@@ -161,6 +232,10 @@ def auto_candidates(
                     candidates.append(candidate)
     if precision in (None, "32") and not compile:
         candidates.append(Candidate("onnxruntime"))
+    if "bf16" in precisions and channels_last in (None, True):
+        candidates.append(AOT_BF16)
+    if precision is None and channels_last is None and not compile:
+        candidates.append(INT8)
     return candidates
 
 
@@ -230,8 +305,14 @@ def calibrate(
     threads: int | None = None,
     announce: Callable[[str], None] | None = None,
     sha256: str | None = None,
+    images: ImageSource = None,
+    rebuild: bool = False,
+    cached_only: bool = False,
 ) -> tuple[Choice, dict[Candidate, InferenceBackend]]:
-    """Time each candidate on ``batch`` (interleaved) and check it against fp32 eager."""
+    """Time each candidate on ``batch`` (interleaved) and check it against fp32 eager.
+
+    ``images``, ``rebuild``, ``cached_only``: for the candidates built once (int8, AOT), as in
+    :func:`build_backend`."""
     reference_backend = build_backend(loaded, BASELINE)
     reference = reference_backend.logits(batch).softmax(dim=1)
     backends: dict[Candidate, InferenceBackend] = {BASELINE: reference_backend}
@@ -239,10 +320,16 @@ def calibrate(
     for candidate in candidates:
         trial = Trial(candidate.label())
         trials[candidate] = trial
-        tolerance = PARITY_TOLERANCE[candidate.precision]
         try:
             backend = backends.get(candidate) or build_backend(
-                loaded, candidate, threads, announce=announce, sha256=sha256
+                loaded,
+                candidate,
+                threads,
+                announce=announce,
+                sha256=sha256,
+                images=images,
+                rebuild=rebuild,
+                cached_only=cached_only,
             )
             probabilities = backend.logits(batch).softmax(dim=1)  # warm-up (and compilation)
         except SemsegError as error:
@@ -252,11 +339,10 @@ def calibrate(
             trial.note = f"{type(error).__name__}: {first_line(error)}"
             continue
         trial.max_abs_prob_diff = float((probabilities - reference).abs().max())
-        trial.accepted = trial.max_abs_prob_diff <= tolerance
-        if not trial.accepted:
-            trial.note = f"parity {trial.max_abs_prob_diff:.2g} > {tolerance:g}"
-            continue
-        backends[candidate] = backend
+        trial.note = parity_problem(candidate, probabilities, reference)
+        trial.accepted = not trial.note
+        if trial.accepted:
+            backends[candidate] = backend
     timed = [c for c in candidates if trials[c].accepted]
     times: dict[Candidate, list[float]] = {c: [] for c in timed}
     for _ in range(max(1, iterations)):
@@ -283,6 +369,19 @@ def calibrate(
     return choice, backends
 
 
+def parity_problem(candidate: Candidate, probabilities: Tensor, reference: Tensor) -> str:
+    """Why ``candidate``'s probabilities are not close enough to fp32 eager's ("" if they are)."""
+    tolerance = PARITY_TOLERANCE[candidate.precision]
+    worst = float((probabilities - reference).abs().max())
+    if not worst <= tolerance:
+        return f"parity {worst:.2g} > {tolerance:g}"
+    if candidate.precision == "int8":
+        agreement = float((probabilities.argmax(1) == reference.argmax(1)).float().mean())
+        if agreement < INT8_MIN_AGREEMENT:
+            return f"labels agree on {100 * agreement:.2f}% < {100 * INT8_MIN_AGREEMENT:g}%"
+    return ""
+
+
 def choice_key(
     sha256: str, loaded: LoadedModel, candidates: Sequence[Candidate], batch_size: int = 1
 ) -> str:
@@ -293,6 +392,7 @@ def choice_key(
             "x".join(map(str, loaded.input_size)),
             f"batch {batch_size}",
             ",".join(c.label() for c in candidates),
+            f"auto-build {auto_builds()}",
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -311,6 +411,7 @@ def choose_backend(
     options: BackendOptions | None = None,
     *,
     image: np.ndarray | None = None,
+    images: ImageSource = None,
     batch_size: int = 1,
     use_cache: bool = True,
     device: str = "cpu",
@@ -318,14 +419,21 @@ def choose_backend(
 ) -> tuple[InferenceBackend, Choice]:
     """The backend ``options`` ask for; ``auto`` calibrates on ``image`` (or a synthetic scene).
 
-    ``use_cache``: read and write the choice in the cache folder; ``options.recalibrate``:
-    calibrate even when a choice is cached (and store the new one); ``batch_size``: the batch the
-    run will use (calibrated at up to :data:`CALIBRATION_MAX_BATCH` copies of the image)."""
+    ``images``: images of the user's data (a list, or a function that reads them, called only
+    when an int8 model has to be quantized) for int8 calibration and its parity guard; without
+    them int8 is used only where a model is cached. ``use_cache``: read and write the choice in
+    the cache folder; ``options.recalibrate``: calibrate even when a choice is cached (and store
+    the new one; an int8 model is quantized again); ``batch_size``: the batch the run will use
+    (calibrated at up to :data:`CALIBRATION_MAX_BATCH` copies of the image)."""
     options = options or BackendOptions()
     batch_size = max(1, min(batch_size, CALIBRATION_MAX_BATCH))
     backend, precision, threads = options.backend, options.precision, options.threads
     channels_last, compile = options.channels_last, options.compile
     is_onnx = loaded.model is None
+    if is_onnx and loaded.path.suffix.lower() == ".pt2":
+        return package_backend(loaded, options)
+    if precision == "int8" and not is_onnx and device == "cpu":
+        return int8_or_fallback(loaded, options, images, announce)
     if backend == "torch" and is_onnx:
         raise SemsegError(f"{loaded.path} is an ONNX model: use --backend onnxruntime or auto")
     if backend == "onnxruntime" or (backend == "auto" and is_onnx):
@@ -343,7 +451,7 @@ def choose_backend(
         return chosen, Choice(candidate, forced="forced by --backend torch")
     candidates = auto_candidates(precision, channels_last, compile)
     if not loaded.path.is_file():  # a model built in memory: nothing to key a cache by
-        candidates = [c for c in candidates if c.backend != "onnxruntime"]
+        candidates = [c for c in candidates if c.backend == "torch"]
         use_cache = False
     if len(candidates) == 1:
         return build_backend(loaded, candidates[0], threads, announce=announce), Choice(
@@ -353,7 +461,7 @@ def choose_backend(
     key = choice_key(sha, loaded, candidates, batch_size)
     store = cache_dir() / "backend-choices.json"
     if use_cache and not options.recalibrate:
-        cached = cached_choice(store, key, loaded, threads, announce, sha)
+        cached = cached_choice(store, key, loaded, threads, announce, sha, images)
         if cached is not None:
             return cached
     batch = calibration_batch(loaded, image, batch_size)
@@ -366,10 +474,70 @@ def choose_backend(
         threads=threads,
         announce=announce,
         sha256=sha if loaded.path.is_file() else None,
+        images=images,
+        rebuild=options.recalibrate,
+        cached_only=not auto_builds(),
     )
+    if announce is not None:
+        built_once = (INT8.label(), AOT_BF16.label())
+        for trial in choice.trials:
+            if trial.note not in ("", NOT_BUILT) and trial.label in built_once:
+                announce(f"{trial.label}: not used ({trial.note})")
+        if precision is None and auto_builds() and not bf16_supported():
+            announce("bf16 paths: not used (this CPU has no AVX512-BF16 or AMX instructions)")
     if use_cache:
         store_choice(store, key, loaded, choice)
     return backends[choice.candidate], choice
+
+
+def package_backend(
+    loaded: LoadedModel, options: BackendOptions
+) -> tuple[InferenceBackend, Choice]:
+    """A .pt2 file runs as it was compiled: ``--backend auto`` only, no other knobs."""
+    from semseg.inference.aot import AotBackend
+
+    if options.backend != "auto" or options.precision or options.channels_last or options.compile:
+        raise SemsegError(
+            f"{loaded.path.name} is a compiled AOTInductor package: it runs as compiled "
+            "(--backend auto; no --precision, --channels-last or --compile)"
+        )
+    backend = AotBackend(loaded.path, loaded.num_classes, loaded.input_size)
+    candidate = Candidate("aot", backend.precision, backend.precision == "bf16", True)
+    return backend, Choice(candidate, forced="the input is an AOTInductor package")
+
+
+def int8_or_fallback(
+    loaded: LoadedModel,
+    options: BackendOptions,
+    images: ImageSource,
+    announce: Callable[[str], None] | None,
+) -> tuple[InferenceBackend, Choice]:
+    """``--precision int8``: the cached int8 model (quantized on ``images`` the first time);
+    where there is none, it fails its parity guard or the CPU has no 8-bit dot products, one
+    line says why and the next path runs: onnxruntime fp32, else fp32 eager torch."""
+    try:
+        chosen = build_backend(
+            loaded,
+            INT8,
+            options.threads,
+            announce=announce,
+            images=images,
+            rebuild=options.recalibrate,
+        )
+        return chosen, Choice(INT8, forced="--precision int8; cached, parity checked")
+    except SemsegError as error:
+        reason = str(error)
+    fallbacks = [Candidate("onnxruntime")] if loaded.path.is_file() else []
+    for fallback in (*fallbacks, BASELINE):
+        try:
+            chosen = build_backend(loaded, fallback, options.threads, announce=announce)
+        except SemsegError as error:
+            reason += f"; {fallback.label()} failed too ({error})"
+            continue
+        if announce is not None:
+            announce(f"warning: int8 not used: {reason}; running {fallback.label()} instead")
+        return chosen, Choice(fallback, forced="fallback from --precision int8")
+    raise SemsegError(f"no backend ran the model: {reason}")
 
 
 def cached_choice(
@@ -379,14 +547,18 @@ def cached_choice(
     threads: int | None,
     announce: Callable[[str], None] | None,
     sha: str,
+    images: ImageSource = None,
 ) -> tuple[InferenceBackend, Choice] | None:
-    """The backend of a cached choice, or None (no entry, or a stale or broken one)."""
+    """The backend of a cached choice, or None (no entry, or a stale or broken one: an int8
+    model or compiled package whose cache entry went stale or corrupt is built again)."""
     entry = read_choices(store).get(key)
     if not isinstance(entry, dict):
         return None
     try:
         candidate = Candidate(**entry["candidate"])
-        chosen = build_backend(loaded, candidate, threads, announce=announce, sha256=sha)
+        chosen = build_backend(
+            loaded, candidate, threads, announce=announce, sha256=sha, images=images
+        )
     except (TypeError, KeyError, SemsegError):
         return None  # calibrate again
     return chosen, Choice(
@@ -422,6 +594,8 @@ def make_backend(
     if isinstance(backend, InferenceBackend):
         return backend
     if backend is None or backend == "torch":
+        if loaded.model is None and loaded.path.suffix.lower() == ".pt2":
+            return package_backend(loaded, BackendOptions())[0]
         if loaded.model is None:
             return onnx_backend_for(loaded)
         return TorchBackend(loaded.model, device=device)

@@ -104,6 +104,29 @@ def read_image_set(items: Sequence[Any], reader: Callable, indices: Sequence[int
     return ImageSet(images, names, categories, masks if labelled else None)
 
 
+def images_from_paths(paths: Sequence[Path], count: int) -> list[np.ndarray]:
+    """Up to ``count`` readable images of ``paths``, spread evenly over them (``--precision
+    int8``'s calibration images in ``semseg predict``: the images given)."""
+    from semseg.io import read_rgb
+
+    images = []
+    for index in spread(count, len(paths)):
+        try:
+            images.append(read_rgb(paths[index]))
+        except Exception:  # an unreadable image is reported where it is predicted
+            continue
+    return images
+
+
+def images_from_data(
+    data: Path, loaded: LoadedModel, count: int, class_table: str | None = None
+) -> list[np.ndarray]:
+    """Up to ``count`` images of a data folder (KITTI, images/ + masks/, or plain images),
+    spread evenly over it: int8 calibration images for ``semseg serve --calibration-data``."""
+    items, reader = index_data(Path(data), loaded, class_table)
+    return read_image_set(items, reader, spread(count, len(items))).images
+
+
 def check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
     height, width = (int(v) for v in input_size)
     if height < 1 or width < 1:

@@ -113,6 +113,9 @@ class LoadedModel:
     class_names: list[str]
     path: Path
     class_colours: np.ndarray | None = None  # (K, 3) uint8; the default palette when None
+    # A model trained from image-level tags by MIL (semseg.weak.tag_task): the r of its
+    # Log-Sum-Exp pooling, for the image-level prior at inference; None for other models
+    lse_r: float | None = None
 
     def __post_init__(self) -> None:
         if self.class_colours is None:
@@ -169,12 +172,13 @@ def load_model(
         for key, value in dict(hparams.get("model_options") or {}).items()
         if key not in INIT_ONLY_OPTIONS and (takes is None or key in takes)
     }
-    state = {
-        key.removeprefix("model."): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith("model.")
-    }
     path = Path(path)
+    prefix = state_prefix(path, hparams)
+    state = {
+        key.removeprefix(prefix): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
     check_finite(path, state)
     check_model_size(path, model_name, num_classes, options, state)
     model = build_model(model_name, num_classes, **options)
@@ -195,7 +199,34 @@ def load_model(
         class_names=names,
         path=Path(path),
         class_colours=checked_colours(path, hparams.get("class_colours"), num_classes),
+        lse_r=checked_lse_r(path, hparams),
     )
+
+
+def state_prefix(path: Path, hparams: dict[str, Any]) -> str:
+    """Where the segmentation model's weights sit in the state dict: ``model.``, or
+    ``model.model.`` in a MIL checkpoint (the registry model inside the LSE-pooling wrapper).
+    A CAM classifier's checkpoint holds no segmentation model: refused."""
+    method = hparams.get("method")
+    if method == "cam":
+        raise SemsegError(
+            f"{path} is a CAM classifier trained from tags, not a segmentation model; "
+            "use its pseudo-labels (semseg pseudo-labels --method cam)"
+        )
+    return "model.model." if method == "mil" else "model."
+
+
+def checked_lse_r(path: Path, hparams: dict[str, Any]) -> float | None:
+    """A MIL checkpoint's LSE ``r`` (positive, finite); None for other checkpoints."""
+    if hparams.get("method") != "mil":
+        return None
+    try:
+        value = float(hparams.get("lse_r", 0.0))
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+        raise SemsegError(f"{path}: lse_r {hparams.get('lse_r')!r} is not a positive number")
+    return value
 
 
 def checked_colours(path: str | Path, colours: object, num_classes: int) -> np.ndarray | None:

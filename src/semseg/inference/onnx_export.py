@@ -43,7 +43,7 @@ from semseg.inference.runtimes import OnnxRuntimeBackend
 from semseg.io import first_line
 from semseg.models.base import SegmentationModel
 
-FORMATS = ("onnx", "onnx-optimized")  # the latter: semseg.inference.onnx_optimized
+FORMATS = ("onnx", "onnx-optimized", "pt2")  # semseg.inference.onnx_optimized, .aot
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # dynamic Pad / Slice inputs
 VERIFY_TOLERANCE = 1e-4
@@ -264,7 +264,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
 def load_onnx_model(path: str | Path) -> LoadedModel:
     """A :class:`LoadedModel` describing a semseg ONNX export (its ``model`` is None)."""
-    meta = read_onnx_metadata(path)
+    return loaded_from_metadata(path, read_onnx_metadata(path), "a semseg ONNX export")
+
+
+def loaded_from_metadata(path: str | Path, meta: dict[str, str], what: str) -> LoadedModel:
+    """A :class:`LoadedModel` (``model`` None) from an export's metadata, checked as a
+    checkpoint's description is."""
     try:
         num_classes, (height, width) = check_model_description(
             path, meta["num_classes"], json.loads(meta["input_size"])
@@ -284,6 +289,4 @@ def load_onnx_model(path: str | Path) -> LoadedModel:
             ),
         )
     except (KeyError, ValueError, TypeError) as error:
-        raise SemsegError(
-            f"{path} is not a semseg ONNX export (metadata: {first_line(error)})"
-        ) from error
+        raise SemsegError(f"{path} is not {what} (metadata: {first_line(error)})") from error

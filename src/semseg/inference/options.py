@@ -14,13 +14,16 @@ from semseg.errors import SemsegError
 
 
 class Precision(StrEnum):
-    """``--precision``: fp32 (``32``) or bfloat16 autocast (``bf16``, torch only)."""
+    """``--precision``: fp32 (``32``), bfloat16 autocast (``bf16``, torch) or ``int8`` (the
+    checkpoint quantized once with onnxruntime on images of the data given, cached)."""
 
     fp32 = "32"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 PRECISIONS = tuple(p.value for p in Precision)
+TORCH_PRECISIONS = ("32", "bf16")
 
 
 class Backend(StrEnum):
@@ -40,6 +43,8 @@ class BackendOptions:
 
     Built from user input: a name or value outside its choices is a :class:`SemsegError` naming
     the flag. ``precision`` / ``channels_last`` None: ``auto`` tries both (torch: 32, NCHW).
+    ``precision="int8"`` runs the cached int8 model with onnxruntime whatever ``backend`` says
+    (falling back to fp32, with a message, where it cannot or fails its parity check).
     """
 
     backend: str = "auto"
@@ -65,9 +70,14 @@ class BackendOptions:
             object.__setattr__(self, "precision", precision)
         if self.threads is not None and int(self.threads) < 1:
             raise SemsegError(f"--threads must be at least 1, got {self.threads}")
+        if self.precision == "int8" and (self.channels_last or self.compile):
+            raise SemsegError(
+                "--precision int8 runs the quantized model with onnxruntime: drop "
+                "--channels-last and --compile"
+            )
         fp32_only = self.precision == "bf16" or self.channels_last or self.compile
         if self.backend == "onnxruntime" and fp32_only:
             raise SemsegError(
-                "--backend onnxruntime runs fp32 only: drop --precision bf16, --channels-last "
-                "and --compile"
+                "--backend onnxruntime runs fp32 only (or --precision int8): drop --precision "
+                "bf16, --channels-last and --compile"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ class Predictor:
     ``predict(images)`` yields ``(C, H, W)`` float32 probabilities, one per input image at the
     image's own size (bilinear upsampling of the logits, then softmax). With ``crf`` set, each
     image's probabilities are then refined by the fully connected CRF (:mod:`semseg.inference.crf`)
-    against the image itself.
+    against the image itself. With ``mil`` (a ``semseg.weak.mil.MILInference``, for a model
+    trained from tags) the image-level prior from the LSE-pooled scores multiplies the
+    probabilities, which are then averaged within superpixels if it says so.
     """
 
     def __init__(
@@ -31,9 +34,11 @@ class Predictor:
         device: str = "cpu",
         crf: CRFParams | None = None,
         backend: str | InferenceBackend | None = None,
+        mil: Any = None,
     ) -> None:
         self.loaded = loaded
         self.crf = crf
+        self.mil = mil
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.model = None if loaded.model is None else loaded.model.to(self.device).eval()
@@ -59,7 +64,12 @@ class Predictor:
                 mode="bilinear",
                 align_corners=False,
             )
-            probability = full.softmax(dim=1)[0].cpu().numpy()
+            if self.mil is not None:
+                from semseg.weak.mil import mil_probabilities
+
+                probability = mil_probabilities(full[0], self.mil, image)
+            else:
+                probability = full.softmax(dim=1)[0].cpu().numpy()
             if self.crf is not None:
                 probability = refine(image, probability, self.crf)
             probabilities.append(probability)

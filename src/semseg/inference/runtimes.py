@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.inference.machine import bf16_supported
-from semseg.inference.options import PRECISIONS
+from semseg.inference.options import TORCH_PRECISIONS
 from semseg.io import first_line
 
 
@@ -69,9 +69,9 @@ class TorchBackend(InferenceBackend):
         device: str | torch.device = "cpu",
         inplace: bool = False,
     ) -> None:
-        if precision not in PRECISIONS:
+        if precision not in TORCH_PRECISIONS:
             raise SemsegError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+                f"torch runs --precision {' or '.join(TORCH_PRECISIONS)}, got {precision!r}"
             )
         self.device = torch.device(device)
         if precision == "bf16" and self.device.type == "cpu" and not bf16_supported():

@@ -138,8 +138,12 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     warmup: bool = True,
     announce: Callable[[str], None] | None = None,
+    calibration_data: str | Path | None = None,
 ) -> FastAPI:
-    """The service for a checkpoint (path) or an already loaded model; loads the model now."""
+    """The service for a checkpoint (path) or an already loaded model; loads the model now.
+
+    ``calibration_data``: a data folder whose images calibrate the int8 model the first time
+    (``--precision int8``, or ``auto`` where none is cached)."""
     for name, value in (
         ("max_bytes", max_bytes),
         ("max_side", max_side),
@@ -161,7 +165,13 @@ def create_app(
             "machine and checkpoint; then cached)"
         )
     try:
-        engine, _ = choose_backend(loaded, options, batch_size=batch_size, announce=announce)
+        engine, _ = choose_backend(
+            loaded,
+            options,
+            batch_size=batch_size,
+            announce=announce,
+            images=serve_calibration(loaded, calibration_data),
+        )
     except SemsegError:
         raise
     except Exception as error:
@@ -469,6 +479,16 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def serve_calibration(loaded: LoadedModel, data: str | Path | None):
+    """A reader of int8 calibration images of ``data`` (None without data)."""
+    if data is None:
+        return None
+    from semseg.inference.calibration_data import images_from_data
+    from semseg.inference.int8_cache import CALIBRATION_IMAGES
+
+    return lambda: images_from_data(Path(data), loaded, CALIBRATION_IMAGES)
+
+
 def run_server(
     checkpoint: str | Path,
     host: str = "127.0.0.1",
@@ -484,6 +504,7 @@ def run_server(
     keep_alive: float = DEFAULT_KEEP_ALIVE,
     log_level: str = "info",
     announce: Callable[[str], None] = print,
+    calibration_data: str | Path | None = None,
 ) -> None:
     """Bind the socket, load the checkpoint, serve until interrupted."""
     import uvicorn
@@ -504,6 +525,7 @@ def run_server(
             max_pixels=max_pixels,
             body_timeout=body_timeout,
             announce=announce,
+            calibration_data=calibration_data,
         )
     except BaseException:
         sock.close()

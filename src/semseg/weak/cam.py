@@ -202,7 +202,7 @@ def cam_labels_for_image(
     every class); ``crf``: dense-CRF settings, or None for no CRF."""
     thresholds = thresholds or CAMThresholds()
     device = next(model.parameters()).device
-    batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    batch = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     tag_tensor = None if tags is None else torch.as_tensor(tags, dtype=torch.float32)[None]
     was_training = model.training
     model.eval()

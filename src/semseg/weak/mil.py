@@ -243,8 +243,39 @@ def mil_labels(
     return probabilities.argmax(axis=0).astype(np.uint8)
 
 
+SMOOTH_OPTIONS = {"none": "none", "superpixels": "slic", "segments": "felzenszwalb"}
+"""``--smooth`` of ``predict``/``evaluate``: SLIC superpixels or Felzenszwalb's segments."""
+
+
+def inference_settings(
+    lse_r: float | None, image_prior: bool, smooth: str, source: object = "the model"
+) -> MILInference | None:
+    """The MIL inference ``--image-prior`` / ``--smooth`` ask for (None: neither, plain argmax).
+
+    ``lse_r`` is the model's LSE ``r`` (None: not a MIL model, refused); ``smooth`` one of
+    :data:`SMOOTH_OPTIONS`. scikit-image is checked here, before any image is read.
+    """
+    if smooth not in SMOOTH_OPTIONS:
+        raise SemsegError(f"--smooth must be one of {', '.join(SMOOTH_OPTIONS)}, got {smooth!r}")
+    if not image_prior and smooth == "none":
+        return None
+    if lse_r is None:
+        raise SemsegError(
+            f"{source} is not a MIL model (semseg train --supervision tags): "
+            "--image-prior and --smooth apply to MIL models only"
+        )
+    if smooth != "none":
+        try:
+            import skimage.segmentation  # noqa: F401
+        except ImportError as error:
+            raise SemsegError(f"--smooth {smooth} needs scikit-image: {INSTALL_HINT}") from error
+    return MILInference(lse_r=lse_r, image_prior=image_prior, smoothing=SMOOTH_OPTIONS[smooth])
+
+
 __all__ = [
     "DEFAULT_LSE_R",
+    "SMOOTH_OPTIONS",
+    "inference_settings",
     "MILInference",
     "MILSegmenter",
     "apply_image_prior",

@@ -80,6 +80,8 @@ class TagDataset(Dataset):
 class TagTask(L.LightningModule):
     """Tag supervision as one LightningModule (``method`` ``mil`` or ``cam``, see module
     docstring); the optimiser is Adam at ``lr`` (or ``optimizer`` of :mod:`semseg.tasks.recipe`).
+    ``class_names``, ``input_size`` and ``class_colours`` are kept in the checkpoint for
+    ``semseg predict``/``evaluate`` (a MIL checkpoint loads like any segmentation checkpoint).
     Logged: ``train_loss``; ``val_loss`` and ``val_tag_map`` (tag batches), ``val_miou`` (mask
     batches, MIL only)."""
 
@@ -96,6 +98,7 @@ class TagTask(L.LightningModule):
         optimizer: str = "adam",
         class_names: list[str] | None = None,
         input_size: list[int] | None = None,
+        class_colours: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
