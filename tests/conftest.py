@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +23,9 @@ CAMVID_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
 # a minute); the tests' many throw-away checkpoints and cache folders would pay that in every
 # predict/serve test. Only tests/test_compiled_paths.py turns it on (SEMSEG_AUTO_BUILD=1).
 os.environ.setdefault("SEMSEG_AUTO_BUILD", "0")
+# Caches the tests fill (proposals of region models, backend choices) go to a throw-away folder,
+# not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="semseg-tests-cache-")
 needs_kitti = pytest.mark.skipif(
     not (KITTI_ROOT / "training" / "image_2").is_dir(), reason="../shared/data/kitti_road absent"
 )
