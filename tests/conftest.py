@@ -6,8 +6,8 @@ import functools
 import importlib.util
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
