@@ -30,13 +30,15 @@ def test_camvid_segnet_is_the_papers_setting() -> None:
     assert train.class_weights == "median_frequency"
 
 
-def test_camvid_fast_cpu_loads_and_is_marked_provisional() -> None:
+def test_camvid_fast_cpu_is_the_measured_recipe() -> None:
     config = load_config("camvid_fast_cpu")
     config.data.root = "camvid"
     validate(config)
     assert config.model.num_classes == 11 and config.train.max_time_s == 600
+    assert (config.model.name, config.model.backbone) == ("fcn8s", "mobilenet_v3_large")
     assert config.train.class_weights is None
-    assert "PROVISIONAL" in (REPO / "configs" / "camvid_fast_cpu.yaml").read_text()
+    text = (REPO / "configs" / "camvid_fast_cpu.yaml").read_text()
+    assert "PROVISIONAL" not in text and "BENCHMARKS.md" in text
 
 
 def test_camvid_configs_are_packaged() -> None:
