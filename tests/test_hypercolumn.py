@@ -111,7 +111,7 @@ def test_grid_option_from_the_configuration_and_refusals() -> None:
     from semseg.training import build_task
 
     task = build_task(config)
-    assert task.model.grid == 3 and task.model.encoder.arch == "ResNet-18"
+    assert task.model.grid == 3 and task.model.encoder.arch == "MobileNetV3-Large"
     assert task.model.classifier.out_channels == 9 * 11
     config.model.grid = 0
     with pytest.raises(SemsegError, match="model.grid"):
