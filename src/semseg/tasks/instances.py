@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from semseg.errors import SemsegError
 from semseg.tasks.segmentation import SegmentationTask
 
 INSTANCE_MIN_AREA = 20  # semseg.weak.derive.DEFAULT_INSTANCE_MIN_AREA
@@ -69,10 +68,8 @@ class MaskRCNNSemanticTask(SegmentationTask):
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             parts = ", ".join(f"{key} {float(value):.3g}" for key, value in losses.items())
-            raise SemsegError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
-                f"{batch_idx + 1} ({parts}); stopped (the last good checkpoint is kept: "
-                "checkpoints/last.ckpt). Try a lower --lr or a longer warm-up"
+            self.stop_unless_finite(
+                loss, batch_idx, f" ({parts})", "Try a lower --lr or a longer warm-up"
             )
         size = images.shape[0]
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)

@@ -14,10 +14,8 @@ same way.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from semseg.errors import SemsegError
 from semseg.models.regions import RegionTensors
 from semseg.tasks.segmentation import SegmentationTask
 
@@ -37,12 +35,7 @@ class RegionTask(SegmentationTask):
 
     def training_step(self, batch: RegionBatch, batch_idx: int) -> Tensor:
         loss, _ = self.region_loss(batch)
-        if not torch.isfinite(loss):
-            raise SemsegError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
-                f"{batch_idx + 1}; stopped (the last good checkpoint is kept: "
-                "checkpoints/last.ckpt). Try a lower --lr"
-            )
+        self.stop_unless_finite(loss, batch_idx)
         self.log(
             "train_loss",
             loss,

@@ -95,12 +95,7 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch
         loss = self.loss(self(images), masks)
-        if not torch.isfinite(loss):
-            raise SemsegError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
-                f"{batch_idx + 1}; stopped (the last good checkpoint is kept: "
-                "checkpoints/last.ckpt). Try a lower --lr"
-            )
+        self.stop_unless_finite(loss, batch_idx)
         self.log(
             "train_loss",
             loss,
@@ -111,6 +106,18 @@ class SegmentationTask(L.LightningModule):
             sync_dist=True,
         )
         return loss
+
+    def stop_unless_finite(
+        self, loss: Tensor, batch_idx: int, detail: str = "", hint: str = "Try a lower --lr"
+    ) -> None:
+        """A NaN or infinite training loss ends the run with a one-line error (``detail``: the
+        loss terms, where there are several)."""
+        if not torch.isfinite(loss):
+            raise SemsegError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step "
+                f"{batch_idx + 1}{detail}; stopped (the last good checkpoint is kept: "
+                f"checkpoints/last.ckpt). {hint}"
+            )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, masks = batch
