@@ -193,6 +193,16 @@ def _add_coco_annotation(
     image["boxes"].append(box)
 
 
+def coco_image_entry(image_id: int, image: Any) -> dict[str, Any]:
+    """The COCO ``images`` entry of one image (anything with name, file_name, width, height)."""
+    return {
+        "id": image_id,
+        "file_name": image.file_name or f"{image.name}.png",
+        "width": image.width,
+        "height": image.height,
+    }
+
+
 def write_coco(
     path: str | Path, images: Sequence[ImageBoxes], names: Sequence[str], background: int | None
 ) -> None:
@@ -202,14 +212,7 @@ def write_coco(
     ]
     image_entries, annotations = [], []
     for image_id, image in enumerate(images, start=1):
-        image_entries.append(
-            {
-                "id": image_id,
-                "file_name": image.file_name or f"{image.name}.png",
-                "width": image.width,
-                "height": image.height,
-            }
-        )
+        image_entries.append(coco_image_entry(image_id, image))
         for box in image.boxes:
             annotations.append(
                 {

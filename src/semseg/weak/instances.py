@@ -20,6 +20,7 @@ import numpy as np
 
 from semseg.errors import SemsegError
 from semseg.io import write_json_atomic
+from semseg.weak.boxes import coco_image_entry
 from semseg.weak.derive import Instance, instances_from_mask, thing_ids
 
 INSTANCES_FILE = "instances.json"
@@ -65,14 +66,7 @@ def coco_instances(
     categories = [{"id": t + 1, "name": names[t]} for t in things]
     image_entries, annotations = [], []
     for image_id, image in enumerate(images, start=1):
-        image_entries.append(
-            {
-                "id": image_id,
-                "file_name": image.file_name or f"{image.name}.png",
-                "width": image.width,
-                "height": image.height,
-            }
-        )
+        image_entries.append(coco_image_entry(image_id, image))
         for instance in image.instances:
             annotations.append(
                 {
