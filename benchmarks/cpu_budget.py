@@ -51,7 +51,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
+from _common import CAMVID_DATA, KITTI_DATA, ROOT, load_record, machine_summary, number, save_record
 
 DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
 SMP_UNET = "smp-unet-resnet18"
@@ -418,20 +418,6 @@ def results_dir(args: argparse.Namespace) -> Path:
     return args.runs / f"results-{args.clock}{args.budget_s:g}s-seed{args.seed}{quick}"
 
 
-def load_result(path: Path) -> Result | None:
-    try:
-        return Result(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def save_result(path: Path, result: Result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result.__dict__, indent=2))
-    os.replace(partial, path)
-
-
 def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
@@ -441,7 +427,9 @@ def run_planned(planned: Sequence[Planned], args: argparse.Namespace) -> list[Re
     results in plan order."""
     folder = results_dir(args)
     finished = {
-        item.name for item in planned if load_result(folder / f"{item.name}.json") is not None
+        item.name
+        for item in planned
+        if load_record(folder / f"{item.name}.json", Result) is not None
     }
     todo = [item for item in planned if args.fresh or item.name not in finished]
     for item in planned:
@@ -449,10 +437,10 @@ def run_planned(planned: Sequence[Planned], args: argparse.Namespace) -> list[Re
             print(f"== {item.label}: finished earlier ({folder / item.name}.json)", flush=True)
     if args.jobs <= 1:
         for item in todo:
-            save_result(folder / f"{item.name}.json", announce(item, args))
+            save_record(folder / f"{item.name}.json", announce(item, args))
     else:
         run_in_children(todo, args, folder)
-    results = [load_result(folder / f"{item.name}.json") for item in planned]
+    results = [load_record(folder / f"{item.name}.json", Result) for item in planned]
     for item, result in zip(planned, results, strict=True):
         if result is not None:
             result.entry = item.label  # a result shared by two plans takes this plan's label
@@ -483,7 +471,7 @@ def run_in_children(todo: Sequence[Planned], args: argparse.Namespace, folder: P
             item, process, log = entry
             log.close()
             running.remove(entry)
-            result = load_result(folder / f"{item.name}.json")
+            result = load_record(folder / f"{item.name}.json", Result)
             score = f"mIoU {number(result.miou, 1)}" if result and result.miou else None
             state = "failed" if result is None else score or f"MaxF {number(result.max_f, 1)}"
             print(f"   {item.label}: {state} (exit {process.returncode})", flush=True)

@@ -34,8 +34,6 @@ the first N training and N validation images only (a smoke test; the numbers mea
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -45,7 +43,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
+from _common import CAMVID_DATA, KITTI_DATA, ROOT, load_record, machine_summary, number, save_record
 
 CONFIGS = {"camvid": "camvid_fast_cpu", "kitti": "kitti_fast_cpu"}
 OWN_SCHEDULE = {("camvid", "maskrcnn-semantic"): "camvid_maskrcnn"}
@@ -214,20 +212,6 @@ def results_dir(args: argparse.Namespace) -> Path:
     return args.runs / f"results-cpu{args.budget_s:g}s-seed{args.seed}{subset}"
 
 
-def load_result(path: Path) -> Result | None:
-    try:
-        return Result(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def save_result(path: Path, result: Result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result.__dict__, indent=2))
-    os.replace(partial, path)
-
-
 def reference_score(results: Sequence[Result], dataset: str) -> float | None:
     for result in results:
         if result.entry == f"{dataset}-{REFERENCE_MODEL}":
@@ -284,13 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for entry in entries:
         path = folder / f"{entry.name}.json"
-        result = None if args.fresh else load_result(path)
+        result = None if args.fresh else load_record(path, Result)
         if result is not None:
             print(f"== {entry.name}: finished earlier ({path})", flush=True)
         else:
             print(f"== {entry.name}: {entry.config_name}, {args.budget_s:g} s", flush=True)
             result = train_entry(entry, args)
-            save_result(path, result)
+            save_record(path, result)
         results.append(result)
     threads = f"{torch.get_num_threads()} torch threads"
     table = format_table(results)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
+from _common import CAMVID_DATA, KITTI_DATA, ROOT, load_record, machine_summary, number, save_record
 
 FAST_CONFIG = {"kitti": "kitti_fast_cpu", "camvid": "camvid_fast_cpu"}
 DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
@@ -206,27 +205,13 @@ def result_name(dataset: str, model: str, args: argparse.Namespace) -> str:
     return f"{dataset}-{model}{suffix}"
 
 
-def load_result(path: Path) -> Result | None:
-    try:
-        return Result(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def save_result(path: Path, result: Result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(asdict(result), indent=2))
-    os.replace(partial, path)
-
-
 def run_all(args: argparse.Namespace) -> list[Result]:
     results = []
     for dataset in args.datasets:
         proposals: dict | None = None
         for model in args.models:
             path = results_dir(args) / f"{result_name(dataset, model, args)}.json"
-            cached = None if args.fresh else load_result(path)
+            cached = None if args.fresh else load_record(path, Result)
             if cached is not None:
                 print(f"== {dataset} {model}: kept from {path}", flush=True)
                 results.append(cached)
@@ -235,7 +220,7 @@ def run_all(args: argparse.Namespace) -> list[Result]:
                 proposals = prepare_proposals(dataset, args)
             print(f"== {dataset} {model}: training for {args.budget_s:g} s", flush=True)
             result = train_entry(dataset, model, args, proposals or {})
-            save_result(path, result)
+            save_record(path, result)
             results.append(result)
     return results
 

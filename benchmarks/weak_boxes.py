@@ -47,7 +47,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from _common import CAMVID_DATA, KITTI_DATA, ROOT, machine_summary, number
+from _common import CAMVID_DATA, KITTI_DATA, ROOT, load_record, machine_summary, number, save_record
 
 DATASETS = ("kitti", "camvid")
 DEFAULT_DATA = {"kitti": KITTI_DATA, "camvid": CAMVID_DATA}
@@ -267,22 +267,10 @@ def result_path(args: argparse.Namespace, dataset: str, entry: str) -> Path:
     return results_dir(args) / f"{dataset}-{entry}.json"
 
 
-def load_result(path: Path) -> Result | None:
-    try:
-        return Result(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def save_result(path: Path, result: Result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(asdict(result), indent=2))
-    os.replace(partial, path)
-
-
 def run_plan(args: argparse.Namespace, plan: Sequence[tuple[str, str]]) -> list[Result]:
-    todo = [item for item in plan if args.fresh or load_result(result_path(args, *item)) is None]
+    todo = [
+        item for item in plan if args.fresh or load_record(result_path(args, *item), Result) is None
+    ]
     for item in plan:
         if item not in todo:
             print(f"== {item[0]} {item[1]}: finished earlier", flush=True)
@@ -290,10 +278,10 @@ def run_plan(args: argparse.Namespace, plan: Sequence[tuple[str, str]]) -> list[
     if args.jobs <= 1:
         for dataset, entry in todo:
             print(f"== {dataset} {entry}: training for {args.budget_s:.0f} CPU s", flush=True)
-            save_result(result_path(args, dataset, entry), train_entry(args, dataset, entry))
+            save_record(result_path(args, dataset, entry), train_entry(args, dataset, entry))
     else:
         run_in_children(args, todo)
-    results = [load_result(result_path(args, *item)) for item in plan]
+    results = [load_record(result_path(args, *item), Result) for item in plan]
     missing = [f"{d} {e}" for (d, e), r in zip(plan, results, strict=True) if r is None]
     if missing:
         raise SystemExit(f"no result for {', '.join(missing)}: see the logs in {results_dir(args)}")
@@ -322,7 +310,7 @@ def run_in_children(args: argparse.Namespace, todo: Sequence[tuple[str, str]]) -
             (dataset, entry), process, log = item
             log.close()
             running.remove(item)
-            result = load_result(result_path(args, dataset, entry))
+            result = load_record(result_path(args, dataset, entry), Result)
             state = "failed" if result is None else f"score {number(result.score, 1)}"
             print(f"   {dataset} {entry}: {state} (exit {process.returncode})", flush=True)
 
@@ -465,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = [(d, e) for d in args.datasets for e in args.entries]
     if args.only is not None:
         dataset, _, entry = args.only.partition(":")
-        save_result(result_path(args, dataset, entry), train_entry(args, dataset, entry))
+        save_record(result_path(args, dataset, entry), train_entry(args, dataset, entry))
         return 0
     results = run_plan(args, plan)
     text = report(args, results)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -192,3 +193,37 @@ def write_multiclass_folder(
                 Image.fromarray(array).save(root / split / folder / f"{name}.png")
     (root / "classes.yaml").write_text(MULTICLASS_TABLE)
     return root
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """``semseg ARGS`` through the console entry point, in this process (saves the start-up of a
+    fresh interpreter per command; tests/test_cli.py covers the separate-process behaviour)."""
+    from semseg import cli as cli_module
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["semseg", *args])
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def read_labels(folder: Path) -> dict[str, np.ndarray]:
+    """``predict``'s label PNGs in ``folder/label``, by file name."""
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "label").glob("*.png"))}

@@ -16,14 +16,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import tiny_checkpoint
+from conftest import read_labels, tiny_checkpoint
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene
@@ -81,36 +80,6 @@ def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     from semseg.inference import aot
 
     monkeypatch.setattr(aot.shutil, "which", lambda name: None)
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
-    """``semseg ARGS`` in this process (tests/test_cli.py covers separate processes)."""
-    from semseg import cli as cli_module
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["semseg", *args])
-        try:
-            cli_module.main()
-            code = 0
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
-
-
-def read_labels(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "label").glob("*.png"))}
 
 
 def ort_probabilities(path: Path, image: np.ndarray) -> np.ndarray:

@@ -12,14 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_cli, tiny_checkpoint
+from conftest import read_labels, run_cli, tiny_checkpoint
 from PIL import Image
 
 from semseg.data.synthetic import generate_scene
@@ -203,37 +202,6 @@ def test_auto_calibrates_keeps_parity_and_caches(checkpoint: Path, workdir: Path
 
 
 # --- the CLI ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
-    """``semseg ARGS`` through the console entry point, in this process (saves the start-up of a
-    fresh interpreter per command; tests/test_cli.py covers the separate-process behaviour)."""
-    from semseg import cli as cli_module
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["semseg", *args])
-        try:
-            cli_module.main()
-            code = 0
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
-
-
-def read_labels(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "label").glob("*.png"))}
 
 
 def test_cli_export_and_predict_backends_agree(checkpoint: Path, images: Path, workdir: Path, cli):

@@ -173,7 +173,9 @@ class SegmentationDataModule(L.LightningDataModule):
         if not self.train_samples or not self.val_samples:
             raise SemsegError("no readable images left for training or validation")
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, collate_fn: Callable | None = None
+    ) -> DataLoader:
         workers = self.config.data.num_workers
         return DataLoader(
             dataset,
@@ -182,6 +184,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             drop_last=False,
+            collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(self.config.train.seed) if shuffle else None,
         )
 

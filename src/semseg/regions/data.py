@@ -140,23 +140,11 @@ class RegionDataModule(SegmentationDataModule):
         self.train_regions = RegionDataset(self.train_set, params, cache_dir)
         self.val_regions = RegionDataset(self.val_set, params, cache_dir)
 
-    def _region_loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = self.config.data.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.config.train.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=collate_regions,
-            generator=torch.Generator().manual_seed(self.config.train.seed) if shuffle else None,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._region_loader(self.train_regions, shuffle=True)
+        return self._loader(self.train_regions, shuffle=True, collate_fn=collate_regions)
 
     def val_dataloader(self) -> DataLoader:
-        return self._region_loader(self.val_regions, shuffle=False)
+        return self._loader(self.val_regions, shuffle=False, collate_fn=collate_regions)
 
 
 __all__ = [
