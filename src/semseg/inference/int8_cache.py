@@ -31,9 +31,9 @@ from semseg.inference.runtimes import OnnxRuntimeBackend
 
 CALIBRATION = "percentile"
 """The calibration method of the cached int8 model (BENCHMARKS.md, int8). On trained checkpoints
-Entropy came closer to fp32 on VGG16 (KITTI: -0.22 MaxF against -0.58), but on small untrained
-models it clips so much that the parity guard rejects the model; Percentile passes there and
-the guard catches where it loses too much. Part of the cache key: a change rebuilds."""
+Entropy came closer to fp32 on VGG16 (KITTI: -0.22 MaxF against -0.58), but the tests' tiny
+untrained model quantized with Entropy fails the parity guard where Percentile passes; the guard
+catches a model Percentile harms too much. Part of the cache key: a change rebuilds."""
 CALIBRATION_IMAGES = 16
 
 ImageSource = Callable[[], Sequence[np.ndarray]] | Sequence[np.ndarray] | None
