@@ -72,9 +72,12 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
 
 
 def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 HxW or HxWx3 array as PNG, atomically."""
+    """Write a uint8 HxW or HxWx3 array as PNG, atomically.
+
+    zlib level 1: a KITTI overlay (375 x 1242 RGB) encodes 3x faster than at PIL's default 6
+    for a file about 15% larger; masks and probability maps barely change size."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
     write_bytes_atomic(path, buffer.getvalue())
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel, file_sha256
+from semseg.inference.checkpoint import LoadedModel, checkpoint_sha256
 from semseg.inference.machine import bf16_supported
 from semseg.inference.runtimes import InferenceBackend
 from semseg.io import first_line
@@ -118,7 +118,7 @@ def export_pt2(
         raise SemsegError(why)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sha = file_sha256(loaded.path) if Path(loaded.path).is_file() else ""
+    sha = checkpoint_sha256(loaded.path) if Path(loaded.path).is_file() else ""
     height, width = loaded.input_size
     module = CompiledForward(loaded.model, precision).eval()
     example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -261,7 +261,7 @@ def cached_pt2(
         raise SemsegError(why)
     if loaded.model is None or not Path(loaded.path).is_file():
         raise SemsegError("a compiled package is cached for checkpoint files only")
-    sha = sha256 or file_sha256(loaded.path)
+    sha = sha256 or checkpoint_sha256(loaded.path)
     key = artefacts.key_for(loaded, sha, "pt2", precision, extra=f"batch 1..{MAX_BATCH}")
     found = artefacts.lookup(key)
     if found.ok:

@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,10 @@ def library_versions() -> dict[str, str]:
     import torch
 
     versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for name in ("onnxruntime", "onnx"):
+    for name in ("onnxruntime", "onnx"):  # read from the installed metadata: importing onnx is slow
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:  # pragma: no cover - dependencies
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - dependencies
             versions[name] = "none"
     return versions
 

@@ -39,7 +39,7 @@ import numpy as np
 from torch import Tensor
 
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel, file_sha256
+from semseg.inference.checkpoint import LoadedModel, checkpoint_sha256, file_sha256
 from semseg.inference.int8_cache import ImageSource
 from semseg.inference.machine import bf16_supported, cache_dir, machine_key
 from semseg.inference.onnx_export import DEFAULT_OPSET, export_onnx
@@ -63,7 +63,7 @@ CALIBRATION_MAX_BATCH = 4
 
 
 def onnx_cache_path(checkpoint: str | Path, opset: int, sha256: str | None = None) -> Path:
-    sha = sha256 or file_sha256(checkpoint)
+    sha = sha256 or checkpoint_sha256(checkpoint)
     return cache_dir() / "onnx" / f"{sha[:20]}-opset{opset}.onnx"
 
 
@@ -199,7 +199,7 @@ def artefact_cached(loaded: LoadedModel, candidate: Candidate, sha256: str | Non
 
     if loaded.model is None or not loaded.path.is_file():
         return False
-    sha = sha256 or file_sha256(loaded.path)
+    sha = sha256 or checkpoint_sha256(loaded.path)
     if candidate == INT8:
         from semseg.inference.int8_cache import int8_key
 
@@ -457,7 +457,7 @@ def choose_backend(
         return build_backend(loaded, candidates[0], threads, announce=announce), Choice(
             candidates[0], forced="the only candidate"
         )
-    sha = file_sha256(loaded.path) if loaded.path.is_file() else "in-memory"
+    sha = checkpoint_sha256(loaded.path) if loaded.path.is_file() else "in-memory"
     key = choice_key(sha, loaded, candidates, batch_size)
     store = cache_dir() / "backend-choices.json"
     if use_cache and not options.recalibrate:

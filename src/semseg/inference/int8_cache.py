@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel, file_sha256
+from semseg.inference.checkpoint import LoadedModel, checkpoint_sha256
 from semseg.inference.runtimes import OnnxRuntimeBackend
 
 CALIBRATION = "percentile"
@@ -96,7 +96,7 @@ def cached_int8(
 
     if loaded.model is None or not Path(loaded.path).is_file():
         raise SemsegError("int8 models are cached for checkpoint files only")
-    sha = sha256 or file_sha256(loaded.path)
+    sha = sha256 or checkpoint_sha256(loaded.path)
     key = int8_key(loaded, sha)
     found = artefacts.lookup(key)
     cached = None

@@ -37,7 +37,7 @@ from semseg.inference.checkpoint import (
     check_positive_class,
     checked_colours,
     checked_names,
-    file_sha256,
+    checkpoint_sha256,
 )
 from semseg.inference.runtimes import OnnxRuntimeBackend
 from semseg.io import first_line
@@ -190,7 +190,7 @@ def export_onnx(
                     f"cannot export {loaded.model_name} to ONNX opset {opset}: {first_line(error)}"
                 ) from error
         proto = onnx.load(str(temp))
-        sha = file_sha256(loaded.path) if Path(loaded.path).is_file() else ""
+        sha = checkpoint_sha256(loaded.path) if Path(loaded.path).is_file() else ""
         for key, value in export_metadata(loaded, opset, sha).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -249,12 +249,19 @@ def check_parity(
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading its weights)."""
-    import onnx
+    """The ``metadata_props`` of an ONNX file (without reading its weights: the fields are read
+    directly; ``onnx`` parses a file that does not read as a model, to say why)."""
+    from semseg.inference.onnx_metadata import read_metadata_props
 
     path = Path(path)
     if not path.is_file():
         raise SemsegError(f"ONNX model not found: {path}")
+    try:
+        return read_metadata_props(path)
+    except (ValueError, UnicodeDecodeError, OSError):
+        pass
+    import onnx
+
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:

@@ -36,6 +36,9 @@ ModelFactory = Callable[..., nn.Module]
 
 SHARED_OPTIONS = ("backbone", "keep_prob", "width_mult", "pretrained", "backbone_weights")
 """The options the training configuration passes to every model."""
+INIT_ONLY_OPTIONS = ("pretrained", "backbone_weights")
+"""Options that matter only when a model is first built (the weights come from the checkpoint
+later): a checkpoint is rebuilt without them."""
 
 NOT_ASKED: dict[str, tuple[object, ...]] = {
     "backbone": ("vgg16",),

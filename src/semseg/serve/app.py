@@ -59,7 +59,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from semseg.errors import SemsegError
 from semseg.inference.autotune import choose_backend
-from semseg.inference.checkpoint import LoadedModel, file_sha256, load_model
+from semseg.inference.checkpoint import LoadedModel, checkpoint_sha256, load_model
 from semseg.inference.options import BackendOptions
 from semseg.inference.palette import blend, class_fractions
 from semseg.inference.predictor import Predictor
@@ -183,7 +183,7 @@ def create_app(
         height, width = loaded.input_size
         predictor.predict_batch([np.zeros((height, width, 3), dtype=np.uint8)])
     if loaded.path.is_file():
-        sha256, size = file_sha256(loaded.path), loaded.path.stat().st_size
+        sha256, size = checkpoint_sha256(loaded.path), loaded.path.stat().st_size
     else:
         sha256, size = "", 0
     class_names = unique_names([str(name) for name in loaded.class_names])

@@ -22,8 +22,6 @@ from semseg.metrics.road import RoadMaxF
 from semseg.models import build_model
 from semseg.tasks.recipe import build_optimizer, lr_factor, segmentation_loss
 
-# Options that only matter when the model is first built (weights come from the checkpoint later).
-INIT_ONLY_OPTIONS = ("pretrained", "backbone_weights")
 # The recipe's defaults live in the config dataclasses; the task takes them from there.
 MODEL_DEFAULTS = ModelConfig()
 TRAIN_DEFAULTS = TrainConfig()
