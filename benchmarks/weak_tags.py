@@ -49,6 +49,7 @@ from _common import CAMVID_DATA, ROOT, machine_summary, number
 
 CONFIG = "camvid_fast_cpu"
 CROP = "180x240"
+DEFAULT_LSE_R = 5.0  # the results folder of any other r is named after it
 ENTRIES = (
     "full",
     "mil",
@@ -382,7 +383,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=CAMVID_DATA, help="CamVid: train/, val/")
     parser.add_argument("--budget-s", type=float, default=600.0, help="CPU seconds per entry")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lse-r", type=float, default=5.0, help="LSE pooling r of MIL")
+    parser.add_argument("--lse-r", type=float, default=DEFAULT_LSE_R, help="LSE pooling r of MIL")
     parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES)
     parser.add_argument("--subset", type=int, help="first N train and N val images (smoke)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "weak_tags")
@@ -396,7 +397,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.subset is not None and args.subset < 1:
         parser.error("--subset must be at least 1")
     subset = f"-subset{args.subset}" if args.subset else ""
-    args.folder = args.runs / f"results-cpu{args.budget_s:g}s-seed{args.seed}{subset}"
+    lse = "" if args.lse_r == DEFAULT_LSE_R else f"-r{args.lse_r:g}"  # MIL's entries depend on r
+    args.folder = args.runs / f"results-cpu{args.budget_s:g}s-seed{args.seed}{subset}{lse}"
     return args
 
 

@@ -31,7 +31,7 @@ from semseg.errors import SemsegError
 from semseg.inference import artefacts, autotune, machine, quantize
 from semseg.inference.autotune import AOT_BF16, INT8, BackendOptions, choose_backend
 from semseg.inference.checkpoint import load_model
-from semseg.inference.int8_cache import cached_int8, int8_key
+from semseg.inference.int8_cache import CALIBRATIONS, cached_int8, int8_key, parity_rank
 
 NO_VNNI = frozenset({"sse4_2", "avx2", "avx512f", "avx512_bf16"})
 NO_BF16 = frozenset({"sse4_2", "avx2", "avx512f", "avx512_vnni"})
@@ -117,6 +117,55 @@ def test_int8_is_quantized_once_and_matches_fp32(checkpoint: Path, scenes: list[
         total += p_fp32[:, 0].size
         assert 0.0 < float(np.abs(p_int8 - p_fp32).max()) < 0.25
     assert agree / total >= MIN_AGREEMENT
+
+
+def test_parity_rank_prefers_passing_then_agreement_then_smaller_error():
+    def verdict(ok: bool, agreement: float, max_dp: float) -> quantize.Parity:
+        comparison = quantize.Comparison(4, agreement, max_dp, max_dp / 10)
+        return quantize.Parity(ok, "", comparison)
+
+    ranked = sorted(
+        [
+            verdict(False, 0.999, 0.30),  # the best agreement, but it failed its guard
+            verdict(True, 0.990, 0.20),
+            verdict(True, 0.995, 0.20),
+            verdict(True, 0.995, 0.10),
+            quantize.Parity(False, "cannot be read"),
+        ],
+        key=parity_rank,
+        reverse=True,
+    )
+    summary = [(p.ok, p.comparison and p.comparison.label_agreement) for p in ranked]
+    assert summary == [(True, 0.995), (True, 0.995), (True, 0.990), (False, 0.999), (False, None)]
+    assert ranked[0].comparison.max_abs_prob_diff == 0.10
+
+
+def test_int8_keeps_the_calibration_its_guard_rates_closest(
+    checkpoint: Path, scenes: list[np.ndarray], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Each method of CALIBRATIONS is quantized and checked; the kept file is the best one's
+    (its own metadata says which calibration made it) and the manifest records every verdict."""
+    monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path / "cache"))
+    agreement = {"percentile": 0.991, "entropy": 0.998}
+    checked = []
+
+    def scripted(int8, fp32, images, **kwargs):
+        method = Path(int8).name.split(".")[1]
+        checked.append(method)
+        comparison = quantize.Comparison(len(images), agreement[method], 0.1, 0.01)
+        return quantize.Parity(True, f"{method} ok", comparison)
+
+    monkeypatch.setattr(quantize, "int8_parity_ok", scripted)
+    model = cached_int8(load_model(checkpoint), scenes[:2], threads=1)
+    assert sorted(checked) == sorted(CALIBRATIONS)
+    manifest = json.loads(model.path.with_name(model.path.name + ".json").read_text())
+    assert manifest["calibration"] == "entropy" and model.reason == "entropy ok"
+    assert manifest["trials"] == {name: f"{name} ok" for name in CALIBRATIONS}
+    assert quantize.read_metadata(model.path)["calibration"] == "entropy"
+
+    agreement.update(percentile=0.999)
+    rebuilt = cached_int8(load_model(checkpoint), scenes[:2], threads=1, rebuild=True)
+    assert quantize.read_metadata(rebuilt.path)["calibration"] == "percentile"
 
 
 def test_int8_cache_entry_is_rebuilt_when_stale_or_corrupt(
