@@ -136,8 +136,9 @@ def check_finite(path: Path, state: dict[str, Any]) -> None:
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every element is finite; through numpy where it can (on this CPU torch's
-    ``isfinite`` took 0.7 s for ResNet-18's 11 M weights, numpy 3 ms)."""
+    """Whether every element is finite; through numpy where the dtype allows, which is far
+    faster than torch's CPU ``isfinite`` (3 ms against 0.7 s for ResNet-18's 11 M weights on a
+    2-core machine)."""
     if tensor.dtype in (torch.float16, torch.float32, torch.float64):
         return bool(np.isfinite(tensor.detach().cpu().numpy()).all())
     return bool(torch.isfinite(tensor).all())
