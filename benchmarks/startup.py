@@ -1,12 +1,12 @@
 """How long a fresh ``semseg predict`` process takes before its first image, with its artefacts
 cached, for this checkout and an earlier commit side by side.
 
-Each checkpoint and flag set is first run once by this checkout to fill a cache folder (the int8
-model, the ONNX export, the backend choice); then, round-robin, every code version runs the same
-command ``--repeats`` times on that cache. "first PNG" counts from the process start to the
-first output file (``--batch-size 1``: import, checkpoint load, backend, one image); medians are
-reported, with the ratio earlier / now. The earlier commit runs from a ``git worktree`` through
-``PYTHONPATH`` (the same installed libraries).
+Each checkpoint and flag set is first run once by each code version to fill its own cache folder
+(the int8 model, the ONNX export, the backend choice: the versions' cache keys may differ); then,
+round-robin, every version runs the same command ``--repeats`` times on its cache. "first PNG"
+counts from the process start to the first output file (``--batch-size 1``: import, checkpoint
+load, backend, one image); medians are reported, with the ratio earlier / now. The earlier
+commit runs from a ``git worktree`` through ``PYTHONPATH`` (the same installed libraries).
 
     python3 benchmarks/startup.py --before 00ed173 --checkpoint vgg16=VGG16.ckpt \
         --checkpoint resnet18=R18.ckpt --out startup.md
@@ -117,15 +117,20 @@ def measure(args, checkpoints: dict[str, str], versions: dict[str, Path | None],
     rows = []
     for name, checkpoint in checkpoints.items():
         for case in args.cases:
-            cache = work / f"cache-{name}-{len(rows)}"
             flags = CASES[case]
-            primed = predict(None, Path(checkpoint), work / "images", cache, flags, work / "out")
-            print(f"{name} {case}: primed in {primed['wall_s']:.1f} s", flush=True)
+            # one cache per version: their cache keys may differ, and a version that finds the
+            # other's entry stale would rebuild it on every run
+            caches = {version: work / f"cache-{name}-{len(rows)}-{index}"
+                      for index, version in enumerate(versions)}  # fmt: skip
+            for version, src in versions.items():
+                primed = predict(src, Path(checkpoint), work / "images", caches[version], flags,
+                                 work / "out")  # fmt: skip
+                print(f"{name} {case} {version}: primed in {primed['wall_s']:.1f} s", flush=True)
             runs: dict[str, list[dict[str, Any]]] = {version: [] for version in versions}
             for repeat in range(args.repeats):
                 for version, src in versions.items():
-                    result = predict(src, Path(checkpoint), work / "images", cache, flags,
-                                     work / "out")  # fmt: skip
+                    result = predict(src, Path(checkpoint), work / "images", caches[version],
+                                     flags, work / "out")  # fmt: skip
                     runs[version].append(result)
                     log(version, repeat, result)
             rows.append({"model": name, "case": case, "runs": runs})
