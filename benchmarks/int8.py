@@ -60,13 +60,12 @@ from semseg.data.transforms import image_to_tensor
 from semseg.inference.aot import AotBackend, aot_unsupported, export_pt2
 from semseg.inference.checkpoint import LoadedModel, load_model
 from semseg.inference.int8_cache import CALIBRATIONS as CACHED_CALIBRATIONS
-from semseg.inference.int8_cache import parity_rank
+from semseg.inference.int8_cache import quantize_closest
 from semseg.inference.machine import cpu_flags, cpu_model
 from semseg.inference.onnx_export import export_onnx
 from semseg.inference.quantize import (
     count_qdq,
     head_nodes,
-    int8_parity_ok,
     preprocess,
     quantize_checkpoint,
     quantize_onnx,
@@ -104,20 +103,6 @@ def untrained(key: str, work: Path, width_mult: float = 1.0) -> LoadedModel:
     path = work / f"{key}-untrained.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
     return load_model(path)
-
-
-def cached_int8_choice(
-    fp32: Path, pre: Path, calibration: list[np.ndarray], work: Path, key: str
-) -> tuple[str, Path]:
-    """What ``--precision int8`` caches: each calibration method of the cache, the model its
-    parity guard rates closest to fp32 on the calibration images kept."""
-    trials = {}
-    for method in CACHED_CALIBRATIONS:
-        path = work / f"{key}.int8-{method}.onnx"
-        quantize_onnx(fp32, path, calibration, method, preprocessed=pre)
-        trials[method] = (path, int8_parity_ok(path, fp32, calibration))
-    method = max(trials, key=lambda name: parity_rank(trials[name][1]))
-    return method, trials[method][0]
 
 
 def kitti_images(data: Path, count: int) -> tuple[list[np.ndarray], str]:
@@ -166,8 +151,10 @@ def bench_model(
     int8_head = work / f"{key}.int8-head.onnx"
     quantize_onnx(fp32, int8_head, calibration, "minmax", exclude=head, preprocessed=pre)
     started = time.perf_counter()
-    chosen, int8_cached = cached_int8_choice(fp32, pre, calibration, work, key)
-    record["cached_calibration"] = chosen
+    cached_work = work / f"{key}-cached"
+    cached_work.mkdir(exist_ok=True)
+    chosen, trials = quantize_closest(fp32, calibration, cached_work, args.threads)
+    record["cached_calibration"], int8_cached = chosen, trials[chosen][0]
     record["quantize_cached_s"] = time.perf_counter() - started
     record["head_nodes"] = head
     record["qdq_nodes"] = sum(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,34 @@ def parity_rank(parity) -> tuple[bool, float, float]:
     return (parity.ok, comparison.label_agreement, -comparison.max_abs_prob_diff)
 
 
+def quantize_closest(
+    fp32: Path, calibration: list[np.ndarray], work: Path, threads: int | None = None
+) -> tuple[str, dict[str, tuple[Path, Any]]]:
+    """Quantize ``fp32`` into ``work`` once per method of :data:`CALIBRATIONS` and check each
+    with the parity guard on ``calibration``: the method :func:`parity_rank` rates closest to
+    fp32, and every method's file and verdict."""
+    from semseg.inference import quantize
+
+    pre = work / "pre.onnx"
+    preprocessed = pre if quantize.preprocess(fp32, pre) else None
+    trials = {}
+    for method in CALIBRATIONS:
+        built = work / f"model.{method}.int8.onnx"
+        quantize.quantize_onnx(fp32, built, calibration, method, preprocessed=preprocessed)
+        trials[method] = (
+            built,
+            quantize.int8_parity_ok(
+                built,
+                fp32,
+                calibration,
+                min_agreement=quantize.MIN_LABEL_AGREEMENT,
+                max_prob_error=quantize.MAX_PROB_ERROR,
+                threads=threads,
+            ),
+        )
+    return max(CALIBRATIONS, key=lambda name: parity_rank(trials[name][1])), trials
+
+
 def build_int8(
     loaded: LoadedModel,
     key,
@@ -145,7 +174,7 @@ def build_int8(
     say: Callable[[str], None],
     again: str = "",
 ) -> Int8Model:
-    from semseg.inference import artefacts, quantize
+    from semseg.inference import artefacts
     from semseg.inference.autotune import cached_onnx
 
     started = time.perf_counter()
@@ -156,25 +185,11 @@ def build_int8(
         f"kept, {key.path()}"
     )
     with tempfile.TemporaryDirectory(dir=artefacts.work_dir(), prefix=".int8-") as work:
-        pre = Path(work) / "pre.onnx"
-        preprocessed = pre if quantize.preprocess(fp32, pre) else None
-        trials = {}
-        for method in CALIBRATIONS:
-            built = Path(work) / f"model.{method}.int8.onnx"
-            quantize.quantize_onnx(fp32, built, calibration, method, preprocessed=preprocessed)
-            trials[method] = quantize.int8_parity_ok(
-                built,
-                fp32,
-                calibration,
-                min_agreement=quantize.MIN_LABEL_AGREEMENT,
-                max_prob_error=quantize.MAX_PROB_ERROR,
-                threads=threads,
-            )
-        method = max(CALIBRATIONS, key=lambda name: parity_rank(trials[name]))
-        parity = trials[method]
+        method, trials = quantize_closest(fp32, calibration, Path(work), threads)
+        built, parity = trials[method]
         path, _ = artefacts.store(
             key,
-            Path(work) / f"model.{method}.int8.onnx",
+            built,
             {
                 "checkpoint": str(loaded.path),
                 "calibration": method,
@@ -182,7 +197,7 @@ def build_int8(
                 "parity_ok": parity.ok,
                 "parity": parity.reason,
                 "comparison": asdict(parity.comparison) if parity.comparison else None,
-                "trials": {name: trial.reason for name, trial in trials.items()},
+                "trials": {name: trial.reason for name, (_, trial) in trials.items()},
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )
