@@ -49,7 +49,7 @@ from _common import CAMVID_DATA, ROOT, machine_summary, number
 
 CONFIG = "camvid_fast_cpu"
 CROP = "180x240"
-DEFAULT_LSE_R = 5.0  # the results folder of any other r is named after it
+DEFAULT_LSE_R = 2.0  # the results folder of any other r is named after it
 ENTRIES = (
     "full",
     "mil",

@@ -17,6 +17,7 @@ from conftest import tiny_checkpoint
 
 from semseg.errors import SemsegError
 from semseg.inference import checkpoint as ckpt
+from semseg.inference import model_info
 
 
 def test_a_legacy_format_checkpoint_loads_like_a_zip_one(tmp_path):
@@ -82,7 +83,7 @@ def test_the_checkpoint_hash_is_remembered_once_the_file_is_settled(tmp_path, ca
     assert ckpt.checkpoint_sha256(path) == expected
     assert memo_files(cache) == []  # just written: not remembered yet
 
-    monkeypatch.setattr(ckpt, "STABLE_FOR_S", -1.0)
+    monkeypatch.setattr(model_info, "STABLE_FOR_S", -1.0)
     assert ckpt.checkpoint_sha256(path) == expected
     (memo,) = memo_files(cache)
     assert json.loads(memo.read_text())["sha256"] == expected
@@ -90,12 +91,12 @@ def test_the_checkpoint_hash_is_remembered_once_the_file_is_settled(tmp_path, ca
     def no_reading(_path):
         raise AssertionError("the remembered hash should have been used")
 
-    monkeypatch.setattr(ckpt, "file_sha256", no_reading)
+    monkeypatch.setattr(model_info, "file_sha256", no_reading)
     assert ckpt.checkpoint_sha256(path) == expected
 
 
 def test_a_changed_checkpoint_misses_its_remembered_hash(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(ckpt, "STABLE_FOR_S", -1.0)
+    monkeypatch.setattr(model_info, "STABLE_FOR_S", -1.0)
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"a" * 4096)
     first = ckpt.checkpoint_sha256(path)
@@ -110,7 +111,7 @@ def test_a_changed_checkpoint_misses_its_remembered_hash(tmp_path, cache, monkey
 
 
 def test_a_corrupt_hash_memo_is_ignored_and_replaced(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(ckpt, "STABLE_FOR_S", -1.0)
+    monkeypatch.setattr(model_info, "STABLE_FOR_S", -1.0)
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"x" * 100)
     ckpt.checkpoint_sha256(path)

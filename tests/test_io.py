@@ -68,3 +68,41 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_full_disk_is_named_and_leaves_the_old_file(tmp_path: Path) -> None:
+    """ENOSPC from the writer becomes a one-line error that says the disk is full; the target
+    keeps its old content and no temp file is left."""
+    import errno
+
+    from semseg.errors import SemsegError
+
+    target = tmp_path / "best.ckpt"
+    write_text_atomic(target, "old")
+    with pytest.raises(SemsegError, match="no space left on the disk"), atomic_open(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+
+
+def test_a_library_short_write_on_a_full_disk_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's zip writer reports a short write as "unexpected pos"; with (almost) nothing free
+    it is a full disk, with space free it stays the library's own error."""
+    import shutil
+    from collections import namedtuple
+
+    from semseg import io as semseg_io
+    from semseg.errors import SemsegError
+
+    usage = namedtuple("usage", "total used free")
+    short_write = "[enforce fail at inline_container.cc:672] . unexpected pos 66681472 vs 66681360"
+    monkeypatch.setattr(semseg_io.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 112))
+    with pytest.raises(SemsegError, match="no space left"), atomic_open(tmp_path / "a.ckpt"):
+        raise RuntimeError(short_write)
+    monkeypatch.undo()
+    assert shutil.disk_usage(tmp_path).free > semseg_io.DISK_FULL_BYTES
+    with pytest.raises(RuntimeError, match="unexpected pos"), atomic_open(tmp_path / "a.ckpt"):
+        raise RuntimeError(short_write)
+    assert list(tmp_path.iterdir()) == []

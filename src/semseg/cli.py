@@ -160,27 +160,45 @@ def predict(
     Multi-class model: label/NAME.png (class indices), colour/NAME.png (the
     labels in the class colours), overlay/NAME.png (the image tinted in the
     class colours, with the legend)."""
+    from semseg.inference import fast_start
     from semseg.io import check_output_dir, read_rgb
     from semseg.prediction import collect_inputs, predict_files, readable_inputs, written_outputs
 
     check_output_dir(out, "--out")  # before any image is predicted
+    options = inference.backend
+
+    def request_for(paths: list[Path]) -> fast_start.Request | None:
+        mil_flags = image_prior or smooth != Smooth.none
+        return fast_start.request_for(
+            checkpoint, options, batch_size, len(paths), crf=inference.crf, mil_flags=mil_flags
+        )
+
+    paths = None
+    if fast_start.may_have_route(checkpoint):  # else the model file is checked first, as always
+        paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
+        if (route := fast_start.find_route(request_for(paths))) is not None:
+            predict_on_route(route, paths, out, batch_size)  # torch is never imported
+            return
     loaded = load_any_model(checkpoint)
     from semseg.weak.mil import inference_settings
 
     mil = inference_settings(getattr(loaded, "lse_r", None), image_prior, str(smooth), checkpoint)
-    paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
-    options = inference.backend
+    if paths is None:
+        paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
+    lines: list[str] = []
     engine = choose_backend(
         loaded,
         options,
         image=read_rgb(paths[0]) if options.backend == "auto" else None,
         batch_size=min(batch_size, len(paths)),
         images=calibration_images(paths),
+        lines=lines,
     )
     if getattr(engine, "metadata", {}).get("precision") == "int8":
         from semseg.inference.quantize import vnni_warning
 
         if warning := vnni_warning():
+            lines.append(f"warning: {warning}")
             err_console.print(f"warning: {warning}")
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))
@@ -195,6 +213,23 @@ def predict(
             mil=mil,
         )
     console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
+    fast_start.record_route(request_for(paths) if mil is None else None, engine, loaded, lines)
+
+
+def predict_on_route(route, paths: list[Path], out: Path, batch_size: int) -> None:
+    """``semseg predict`` on a recorded route (:mod:`semseg.inference.fast_start`)."""
+    from semseg.inference import fast_start
+    from semseg.prediction import written_outputs
+
+    for line in route.lines:
+        suffix = " [recorded route: started without torch]" if line.startswith("backend:") else ""
+        err_console.print(line + suffix, soft_wrap=True, highlight=False, markup=False)
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=len(paths))
+        count = fast_start.predict_on_route(
+            route, paths, out, batch_size, on_progress=lambda n: bar.advance(task, n)
+        )
+    console.print(f"wrote {count} {written_outputs(route.loaded)} to {out}")
 
 
 def calibration_images(paths: list[Path]):

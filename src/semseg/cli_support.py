@@ -244,13 +244,16 @@ def load_any_model(path: Path):
     return load_model(path)
 
 
-def choose_backend(loaded, options, image=None, batch_size=1, images=None):
+def choose_backend(loaded, options, image=None, batch_size=1, images=None, lines=None):
     """The backend the options ask for; says which on one stderr line. ``images``: calibration
-    images for an int8 model (a list, or a function that reads them when needed)."""
+    images for an int8 model (a list, or a function that reads them when needed); ``lines``: a
+    list that also receives every line printed."""
     from semseg.inference.autotune import choose_backend as choose
 
     def announce(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+        if lines is not None:
+            lines.append(line)
 
     engine, choice = choose(
         loaded, options, image=image, images=images, announce=announce, batch_size=batch_size

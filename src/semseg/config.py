@@ -206,7 +206,7 @@ class TrainConfig:
     # supervision=tags: the tags file (CSV or JSON, semseg derive --to tags) and the
     # sharpness r of the Log-Sum-Exp pooling (r -> 0: mean pooling, r -> inf: max pooling)
     tags: str | None = None
-    lse_r: float = setting(5.0, gt=0.0, le=1000.0)
+    lse_r: float = setting(2.0, gt=0.0, le=1000.0)
 
 
 # Fields that older releases wrote into config.yaml but that no longer do anything: a run's

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import secrets
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger images are refused rather than exha
 
 TEMP_PREFIX = ".semseg-"  # temp files of atomic writes: TEMP_PREFIX + 12 hex digits + ".tmp"
 FILE_MODE = 0o666  # before the umask, as open() and the shell create files
+DISK_FULL_BYTES = 1 << 20  # a failed write with less than this free is reported as a full disk
 
 
 def create_temp_beside(path: Path) -> tuple[int, Path]:
@@ -53,9 +56,36 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
+        disk_full = is_disk_full(error, path.parent)
         temp.unlink(missing_ok=True)
+        if disk_full:
+            raise SemsegError(
+                f"cannot write {path}: no space left on the disk "
+                f"({free_megabytes(path.parent):.0f} MB free after removing the partial file)"
+            ) from error
         raise
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """A write that failed because the file system is full: ``ENOSPC`` from Python, or a
+    library's own short-write error (torch's zip writer reports "unexpected pos") with almost
+    nothing left on the disk."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
+def free_megabytes(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 2**20
+    except OSError:
+        return float("nan")
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

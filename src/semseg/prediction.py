@@ -17,19 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from semseg.data.kitti import kitti_gt_name
 from semseg.errors import SemsegError
-from semseg.inference.checkpoint import LoadedModel
-from semseg.inference.crf import CRFParams
+from semseg.inference.model_info import LoadedModel
 from semseg.inference.palette import overlay_with_legend, write_label_pngs
-from semseg.inference.predictor import Predictor, confidence_levels
-from semseg.inference.runtimes import InferenceBackend
-from semseg.inference.visualize import overlay
+from semseg.inference.visualize import confidence_levels, overlay
 from semseg.io import IMAGE_SUFFIXES, list_images, read_rgb, write_png_atomic
+
+if TYPE_CHECKING:  # torch is imported only where a model runs through it
+    from semseg.inference.crf import CRFParams
+    from semseg.inference.runtimes import InferenceBackend
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -92,6 +93,8 @@ def predict_files(
     ``mil``: a MIL model's inference (``semseg.weak.mil.MILInference``: image-level prior,
     smoothing), or None for the plain argmax.
     """
+    from semseg.inference.predictor import Predictor
+
     predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend, mil=mil)
     written = 0
     for start in range(0, len(paths), predictor.batch_size):

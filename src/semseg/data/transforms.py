@@ -82,9 +82,9 @@ def apply(transform: v2.Compose, image: np.ndarray, mask: np.ndarray) -> tuple[T
 
 def image_to_tensor(image: np.ndarray, height: int, width: int) -> Tensor:
     """An inference input: ``(H, W, 3)`` uint8 -> float ``(3, height, width)`` in [0, 1]."""
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
-    resized = v2.functional.resize(tensor, [height, width], antialias=True)
-    return resized.float() / 255.0
+    from semseg.inference.preprocess import model_input
+
+    return torch.from_numpy(model_input(image, height, width))
 
 
 __all__ = ["IGNORE_INDEX", "apply", "build_transforms", "image_to_tensor"]

@@ -43,7 +43,7 @@ from semseg.inference.checkpoint import LoadedModel, checkpoint_sha256, file_sha
 from semseg.inference.int8_cache import ImageSource
 from semseg.inference.machine import bf16_supported, cache_dir, machine_key
 from semseg.inference.onnx_export import DEFAULT_OPSET, export_onnx
-from semseg.inference.options import BackendOptions
+from semseg.inference.options import CALIBRATION_MAX_BATCH, BackendOptions
 from semseg.inference.runtimes import InferenceBackend, OnnxRuntimeBackend, TorchBackend
 from semseg.io import first_line, write_json_atomic, write_text_atomic
 
@@ -54,7 +54,6 @@ labels of at least :data:`INT8_MIN_AGREEMENT` of the pixels there, besides the p
 passed on the calibration images when it was built (:mod:`semseg.inference.int8_cache`)."""
 INT8_MIN_AGREEMENT = 0.99
 CALIBRATION_ITERATIONS = 3
-CALIBRATION_MAX_BATCH = 4
 """Timed runs per candidate (after one warm-up), interleaved between candidates; median kept."""
 
 

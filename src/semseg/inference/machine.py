@@ -1,7 +1,8 @@
 """The machine inference runs on: CPU flags and model, bf16 support, the cache folder.
 
 What a cached backend choice (:mod:`semseg.inference.autotune`) depends on besides the checkpoint
-is :func:`machine_key`. Imports nothing of semseg.
+is :func:`machine_key`. Imports nothing of semseg, and torch only when asked about it (the
+torch-free start of ``semseg predict`` reads the CPU flags and the cache folder).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
-
-import torch
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +39,8 @@ def cpu_model() -> str:
 
 def bf16_supported() -> bool:
     """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX) through oneDNN."""
+    import torch
+
     if not torch.backends.mkldnn.is_available():
         return False
     flags = cpu_flags()
@@ -54,6 +55,8 @@ def bf16_supported() -> bool:
 
 def machine_key() -> str:
     """What a cached backend choice depends on besides the checkpoint."""
+    import torch
+
     try:
         import onnxruntime
 

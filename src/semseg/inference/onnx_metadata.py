@@ -11,8 +11,19 @@ what is wrong with the file.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import BinaryIO
+
+from semseg.errors import SemsegError
+from semseg.inference.model_info import (
+    LoadedModel,
+    check_model_description,
+    check_positive_class,
+    checked_colours,
+    checked_names,
+)
+from semseg.io import first_line
 
 GRAPH_FIELD = 7
 METADATA_FIELD = 14
@@ -99,3 +110,52 @@ def read_metadata_props(path: str | Path) -> dict[str, str]:
     if not has_graph:
         raise ValueError("no graph")
     return metadata
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without reading its weights: the fields are read
+    directly; ``onnx`` parses a file that does not read as a model, to say why)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemsegError(f"ONNX model not found: {path}")
+    try:
+        return read_metadata_props(path)
+    except (ValueError, UnicodeDecodeError, OSError):
+        pass
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise SemsegError(f"{path} is not an ONNX model: {first_line(error)}") from error
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
+def load_onnx_model(path: str | Path) -> LoadedModel:
+    """A :class:`LoadedModel` describing a semseg ONNX export (its ``model`` is None)."""
+    return loaded_from_metadata(path, read_onnx_metadata(path), "a semseg ONNX export")
+
+
+def loaded_from_metadata(path: str | Path, meta: dict[str, str], what: str) -> LoadedModel:
+    """A :class:`LoadedModel` (``model`` None) from an export's metadata, checked as a
+    checkpoint's description is."""
+    try:
+        num_classes, (height, width) = check_model_description(
+            path, meta["num_classes"], json.loads(meta["input_size"])
+        )
+        names = checked_names(path, json.loads(meta.get("class_names", "[]")), num_classes)
+        colours = meta.get("class_colours")
+        return LoadedModel(
+            model=None,  # type: ignore[arg-type]
+            model_name=meta.get("model_name", "onnx"),
+            num_classes=num_classes,
+            input_size=(height, width),
+            positive_class=check_positive_class(path, meta.get("positive_class", 1), num_classes),
+            class_names=names,
+            path=Path(path),
+            class_colours=checked_colours(
+                path, None if colours is None else json.loads(colours), num_classes
+            ),
+        )
+    except (KeyError, ValueError, TypeError) as error:
+        raise SemsegError(f"{path} is not {what} (metadata: {first_line(error)})") from error

@@ -24,6 +24,8 @@ class Precision(StrEnum):
 
 PRECISIONS = tuple(p.value for p in Precision)
 TORCH_PRECISIONS = ("32", "bf16")
+CALIBRATION_MAX_BATCH = 4
+"""The largest batch ``auto`` calibrates at; a larger ``--batch-size`` runs the choice made at 4."""
 
 
 class Backend(StrEnum):

@@ -14,6 +14,7 @@ from semseg.inference.autotune import make_backend
 from semseg.inference.checkpoint import LoadedModel
 from semseg.inference.crf import CRFParams, refine
 from semseg.inference.runtimes import InferenceBackend
+from semseg.inference.visualize import confidence_levels  # noqa: F401 (its old home)
 
 
 class Predictor:
@@ -78,8 +79,3 @@ class Predictor:
     def predict(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         for start in range(0, len(images), self.batch_size):
             yield from self.predict_batch(images[start : start + self.batch_size])
-
-
-def confidence_levels(probability: np.ndarray) -> np.ndarray:
-    """A [0, 1] map as 8-bit levels, rounded as the devkit's metrics quantise it."""
-    return np.round(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -14,6 +14,11 @@ from semseg.io import write_bytes_atomic
 ROAD_GREEN = np.array([0, 255, 0], dtype=np.float32)
 
 
+def confidence_levels(probability: np.ndarray) -> np.ndarray:
+    """A [0, 1] map as 8-bit levels, rounded as the devkit's metrics quantise it."""
+    return np.round(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, road: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image with ``road`` pixels (bool ``(H, W)``) tinted translucent green."""
     blended = image.astype(np.float32)

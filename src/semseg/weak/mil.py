@@ -40,7 +40,7 @@ from semseg.errors import SemsegError
 
 INSTALL_HINT = 'pip install -e ".[weak]"'
 SMOOTHING = ("none", "slic", "felzenszwalb")
-DEFAULT_LSE_R = 5.0
+DEFAULT_LSE_R = 2.0  # BENCHMARKS.md, Weak supervision: r = 2 beat 1 and 5 on CamVid
 
 
 def check_lse_r(r: float) -> float:
