@@ -349,7 +349,8 @@ def footer(args: argparse.Namespace, done: dict[str, dict[str, Any]]) -> str:
         if cam
         else ""
     )
-    skipped = "" if "cam-crf" in done else " cam-crf: not run (pydensecrf2 not installed)."
+    crf_skipped = "cam-crf" in args.entries and "cam-crf" not in done
+    skipped = " cam-crf: not run (pydensecrf2 not installed)." if crf_skipped else ""
     full = done.get("full", {}).get("miou")
     dense = {name: done[name]["miou"] for name in DENSE_TAG_ENTRIES if name in done}
     best = max(dense, key=dense.__getitem__) if dense else None

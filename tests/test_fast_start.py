@@ -124,7 +124,7 @@ def test_a_recorded_route_gives_the_same_files_without_torch(setting, cli):
                 "--out", str(setting["root"] / "full"), *flags)  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert ROUTE_NOTE not in first.stderr
-    (route,) = (setting["root"] / "cache" / "routes").iterdir()
+    (route,) = (setting["root"] / "cache" / "routes").glob("*.json")
 
     again = predict_in_new_process(setting, "routed", *flags)
     assert again.returncode == 0, again.stderr
@@ -155,15 +155,24 @@ def routed(setting, cli, out: str) -> str:
 def test_a_stale_route_sends_the_run_back_to_the_full_path(setting, cli, monkeypatch):
     assert ROUTE_NOTE not in routed(setting, cli, "a")
     assert ROUTE_NOTE in routed(setting, cli, "b")
-    entry = json.loads(next((setting["root"] / "cache" / "routes").iterdir()).read_text())
-    onnx = Path(entry["onnx"])
+    (route_json,) = (setting["root"] / "cache" / "routes").glob("*.json")
+    entry = json.loads(route_json.read_text())
+    assert entry["optimized"] and Path(entry["onnx"]) == route_json.with_suffix(".onnx")
 
-    # the ONNX file changed under the route (its SHA-256 no longer matches): full path, which
-    # finds the int8 artefact corrupt and rebuilds it
-    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    # the int8 model changed under the route: full path, which finds the artefact corrupt and
+    # rebuilds it
+    source = Path(entry["source"])
+    source.write_bytes(source.read_bytes()[:-1] + b"\0")
     stderr = routed(setting, cli, "c")
     assert ROUTE_NOTE not in stderr and "quantizing" in stderr
     assert ROUTE_NOTE in routed(setting, cli, "d")  # recorded again
+
+    # the route's own optimized graph was rewritten: full path (nothing to rebuild)
+    optimized = route_json.with_suffix(".onnx")
+    optimized.write_bytes(optimized.read_bytes())
+    stderr = routed(setting, cli, "c2")
+    assert ROUTE_NOTE not in stderr and "quantizing" not in stderr
+    assert ROUTE_NOTE in routed(setting, cli, "d2")
 
     # the checkpoint changed (a new hash memo is needed): full path
     later = time.time() - 30
@@ -214,10 +223,11 @@ def test_a_choice_that_is_not_onnxruntime_removes_the_route(setting, monkeypatch
         name, threads, path = "onnxruntime", 1, setting["checkpoint"]
 
     fast_start.record_route(request, Engine(), loaded, ["backend: x"])
-    (route,) = (setting["root"] / "cache" / "routes").iterdir()
+    (route,) = (setting["root"] / "cache" / "routes").glob("*.json")
+    assert not route.with_suffix(".onnx").exists()  # a checkpoint is no model onnxruntime opens
     Engine.name = "torch"
     fast_start.record_route(request, Engine(), loaded, ["backend: torch"])
-    assert not route.exists()
+    assert list((setting["root"] / "cache" / "routes").iterdir()) == []
 
 
 def test_an_onnx_file_given_directly_gets_a_route_too(setting, cli):

@@ -4,17 +4,23 @@ A fresh process spends most of its start importing torch and torchvision (about 
 machine) before it reads its first image, even when the model then runs in onnxruntime: the
 cached int8 model (``--precision int8``), the cached ONNX export that ``--backend auto`` chose,
 or an ONNX file given directly. When such a run succeeds, ``semseg predict`` records a *route*
-in the cache folder (``routes/KEY.json``): the ONNX file it ran and that file's SHA-256, the
+in the cache folder (``routes/KEY.json``): the ONNX file it ran and its size, inode and mtime, the
 thread count, the model's description (classes, colours, input size) and the lines the choice
 printed (warnings, the backend). A later ``semseg predict`` with the same request finds the
 route before anything imports torch and runs the same file with onnxruntime, numpy and Pillow
 alone.
 
+The route also keeps onnxruntime's optimized graph of that file (``routes/KEY.onnx``, saved
+through ``SessionOptions.optimized_model_filepath`` at ``ORT_ENABLE_ALL`` for this CPU and
+onnxruntime version, both part of the key), which a session opens with the optimizations off:
+the optimizing is what takes most of a large model's session start (VGG16 fp32: seconds).
+
 The key (:func:`route_key`) is the model file's SHA-256, only where the hash memo
 (:func:`semseg.inference.model_info.remembered_sha256`) holds it for the file as it is now; the
 request (backend, precision, threads, the batch the choice was calibrated at); the library
-versions and the CPU. A route is used only when its ONNX file still has the recorded SHA-256 and
-neither the backend choices nor the artefact folder changed since it was recorded (a
+versions and the CPU. A route is used only when its files are the ones recorded (size, inode
+and mtime, as the hash memo checks a checkpoint: every cache write renames a new file into
+place) and neither the backend choices nor the artefact folder changed since it was recorded (a
 recalibration or a rebuilt int8 model); anything else, or any request the route cannot serve
 (``--crf``, a MIL model's prior or smoothing, ``--recalibrate``, torch-only flags), takes the
 full path, which records the route again.
@@ -44,7 +50,6 @@ from semseg.inference import machine
 from semseg.inference.model_info import (
     LoadedModel,
     checkpoint_sha256,
-    file_sha256,
     remembered_sha256,
 )
 from semseg.inference.options import CALIBRATION_MAX_BATCH, BackendOptions
@@ -142,8 +147,8 @@ def cache_signatures() -> dict[str, list[int] | None]:
 
 @dataclass(frozen=True)
 class Route:
-    onnx: Path
-    onnx_sha256: str
+    onnx: Path  # what the session opens: the optimized graph, else the file the full path ran
+    optimized: bool
     threads: int
     lines: list[str]  # what the full path printed about its choice: warnings, then "backend: ..."
     loaded: LoadedModel
@@ -161,15 +166,21 @@ def record_route(
         return
     path = route_file(route_key(request, checkpoint_sha256(request.model_file)))
     onnx = getattr(engine, "path", None)
+    optimized = path.with_suffix(".onnx")
     if getattr(engine, "name", "") != "onnxruntime" or onnx is None:
         path.unlink(missing_ok=True)
+        optimized.unlink(missing_ok=True)
         return
+    source = Path(onnx).resolve()
+    opened = save_optimized_graph(source, optimized, int(engine.threads))
     colours = None if loaded.class_colours is None else np.asarray(loaded.class_colours).tolist()
     write_json_atomic(
         path,
         {
-            "onnx": str(Path(onnx).resolve()),
-            "onnx_sha256": file_sha256(onnx),
+            "onnx": str(opened),
+            "optimized": opened == optimized,
+            "source": str(source),
+            "files": {str(p): stat_signature(p) for p in (source, opened)},
             "threads": int(engine.threads),
             "lines": [line for line in lines if line.startswith(("warning:", "backend:"))],
             "cache": cache_signatures(),
@@ -195,12 +206,12 @@ def find_route(request: Request | None) -> Route | None:
         entry = json.loads(route_file(route_key(request, sha)).read_text())
         if entry["cache"] != cache_signatures():
             return None
-        onnx = Path(entry["onnx"])
-        if file_sha256(onnx) != entry["onnx_sha256"]:
+        files = entry["files"]
+        if not files or any(stat_signature(Path(p)) != files[p] for p in files):
             return None
         return Route(
-            onnx=onnx,
-            onnx_sha256=entry["onnx_sha256"],
+            onnx=Path(entry["onnx"]),
+            optimized=bool(entry["optimized"]),
             threads=int(entry["threads"]),
             lines=[str(line) for line in entry["lines"]],
             loaded=described_model(request.model_file, entry["model"]),
@@ -226,6 +237,31 @@ def described_model(path: Path, model: dict[str, Any]) -> LoadedModel:
     return loaded_from_metadata(path, meta, "a recorded route")
 
 
+def save_optimized_graph(source: Path, target: Path, threads: int) -> Path:
+    """onnxruntime's ``ORT_ENABLE_ALL`` graph of ``source`` saved at ``target`` (atomically);
+    ``source`` itself where onnxruntime cannot save it (a model over protobuf's 2 GB)."""
+    import onnxruntime as ort
+
+    from semseg.io import create_temp_beside
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = create_temp_beside(target)
+    os.close(handle)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.optimized_model_filepath = str(temp)
+    options.log_severity_level = 3  # its note that the file is for this CPU: the key says so
+    try:
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        os.replace(temp, target)
+        return target
+    except Exception:
+        temp.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        return source
+
+
 class RouteRunner:
     """The route's ONNX file in an onnxruntime session: images in, full-size probabilities out."""
 
@@ -235,7 +271,10 @@ class RouteRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = route.threads
         options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        options.graph_optimization_level = (
+            level.ORT_DISABLE_ALL if route.optimized else level.ORT_ENABLE_ALL
+        )
         self.session = ort.InferenceSession(
             str(route.onnx), options, providers=["CPUExecutionProvider"]
         )
