@@ -243,3 +243,15 @@ def test_an_onnx_file_given_directly_gets_a_route_too(setting, cli):
     assert "(the input is an ONNX model)" in runs[1].stderr
     full, routed = folder_bytes(setting["root"] / "full"), folder_bytes(setting["root"] / "routed")
     assert len(full) == 9 and full == routed
+
+
+def test_a_route_that_cannot_be_written_warns_and_the_run_succeeds(setting, cli, monkeypatch):
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fast_start, "write_json_atomic", full_disk)
+    result = cli("predict", str(setting["checkpoint"]), str(setting["images"]), "--out",
+                 str(setting["root"] / "out"), "--backend", "onnxruntime")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning: the route of this run was not recorded: [Errno 28]" in result.stderr
+    assert len(folder_bytes(setting["root"] / "out")) == 9

@@ -213,7 +213,13 @@ def predict(
             mil=mil,
         )
     console.print(f"wrote {count} {written_outputs(loaded)} to {out}")
-    fast_start.record_route(request_for(paths) if mil is None else None, engine, loaded, lines)
+    request = request_for(paths) if mil is None else None
+    fast_start.record_route(request, engine, loaded, lines, say=plain_line)
+
+
+def plain_line(line: str) -> None:
+    """One stderr line as it is (a path or ``[Errno 28]`` is not rich markup)."""
+    err_console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def predict_on_route(route, paths: list[Path], out: Path, batch_size: int) -> None:
@@ -223,7 +229,7 @@ def predict_on_route(route, paths: list[Path], out: Path, batch_size: int) -> No
 
     for line in route.lines:
         suffix = " [recorded route: started without torch]" if line.startswith("backend:") else ""
-        err_console.print(line + suffix, soft_wrap=True, highlight=False, markup=False)
+        plain_line(line + suffix)
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths))
         count = fast_start.predict_on_route(

@@ -53,7 +53,7 @@ from semseg.inference.model_info import (
     remembered_sha256,
 )
 from semseg.inference.options import CALIBRATION_MAX_BATCH, BackendOptions
-from semseg.io import write_json_atomic
+from semseg.io import first_line, write_json_atomic
 
 ROUTE_VERSION = 1
 LIBRARIES = ("semseg", "torch", "torchvision", "onnxruntime", "numpy", "pillow")
@@ -159,11 +159,29 @@ def record_route(
     engine: Any,
     loaded: LoadedModel,
     lines: Sequence[str],
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """After a full-path run: remember the route where the model ran in onnxruntime (a plain,
-    unchanged model), forget it where it did not."""
+    unchanged model), forget it where it did not. The outputs are written by then, so a cache
+    that cannot be written (a full disk, no permission) costs only the next run's fast start:
+    ``say`` gets a warning, and the command still succeeds; it also hears when onnxruntime's
+    optimized graph is saved (seconds, once, for a large model)."""
     if request is None or loaded.lse_r is not None:
         return
+    try:
+        write_route(request, engine, loaded, lines, say or (lambda _line: None))
+    except (OSError, SemsegError) as error:
+        if say is not None:
+            say(f"warning: the route of this run was not recorded: {first_line(error)}")
+
+
+def write_route(
+    request: Request,
+    engine: Any,
+    loaded: LoadedModel,
+    lines: Sequence[str],
+    say: Callable[[str], None],
+) -> None:
     path = route_file(route_key(request, checkpoint_sha256(request.model_file)))
     onnx = getattr(engine, "path", None)
     optimized = path.with_suffix(".onnx")
@@ -172,6 +190,7 @@ def record_route(
         optimized.unlink(missing_ok=True)
         return
     source = Path(onnx).resolve()
+    say(f"recording the route of this run for a fast start (onnxruntime's graph: {optimized})")
     opened = save_optimized_graph(source, optimized, int(engine.threads))
     colours = None if loaded.class_colours is None else np.asarray(loaded.class_colours).tolist()
     write_json_atomic(
