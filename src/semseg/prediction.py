@@ -96,13 +96,27 @@ def predict_files(
     from semseg.inference.predictor import Predictor
 
     predictor = Predictor(loaded, batch_size=batch_size, crf=crf, backend=backend, mil=mil)
+    return write_predictions(
+        loaded, paths, out_dir, predictor.batch_size, predictor.predict_batch, on_progress
+    )
+
+
+def write_predictions(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    out_dir: Path,
+    batch_size: int,
+    probabilities: Callable[[list[np.ndarray]], list[np.ndarray]],
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Read the images ``batch_size`` at a time, get their full-size class probabilities from
+    ``probabilities`` (the torch predictor's, or the torch-free route's) and write each image's
+    outputs; returns the number of images written."""
     written = 0
-    for start in range(0, len(paths), predictor.batch_size):
-        chunk = paths[start : start + predictor.batch_size]
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
         images = [read_rgb(path) for path in chunk]
-        for path, image, probability in zip(
-            chunk, images, predictor.predict_batch(images), strict=True
-        ):
+        for path, image, probability in zip(chunk, images, probabilities(images), strict=True):
             if loaded.is_multiclass:
                 write_multiclass_outputs(out_dir, path.stem, image, probability, loaded)
             else:

@@ -191,7 +191,7 @@ def write_route(
         return
     source = Path(onnx).resolve()
     say(f"recording the route of this run for a fast start (onnxruntime's graph: {optimized})")
-    opened = save_optimized_graph(source, optimized, int(engine.threads))
+    opened = save_optimized_graph(source, optimized)
     colours = None if loaded.class_colours is None else np.asarray(loaded.class_colours).tolist()
     write_json_atomic(
         path,
@@ -256,26 +256,20 @@ def described_model(path: Path, model: dict[str, Any]) -> LoadedModel:
     return loaded_from_metadata(path, meta, "a recorded route")
 
 
-def save_optimized_graph(source: Path, target: Path, threads: int) -> Path:
+def save_optimized_graph(source: Path, target: Path) -> Path:
     """onnxruntime's ``ORT_ENABLE_ALL`` graph of ``source`` saved at ``target`` (atomically);
     ``source`` itself where onnxruntime cannot save it (a model over protobuf's 2 GB)."""
-    import onnxruntime as ort
-
+    from semseg.inference.ort_session import save_optimized
     from semseg.io import create_temp_beside
 
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = create_temp_beside(target)
     os.close(handle)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.optimized_model_filepath = str(temp)
-    options.log_severity_level = 3  # its note that the file is for this CPU: the key says so
     try:
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        save_optimized(source, temp)
         os.replace(temp, target)
         return target
-    except Exception:
+    except (SemsegError, OSError):
         temp.unlink(missing_ok=True)
         target.unlink(missing_ok=True)
         return source
@@ -285,18 +279,9 @@ class RouteRunner:
     """The route's ONNX file in an onnxruntime session: images in, full-size probabilities out."""
 
     def __init__(self, route: Route) -> None:
-        import onnxruntime as ort
+        from semseg.inference.ort_session import open_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = route.threads
-        options.inter_op_num_threads = 1
-        level = ort.GraphOptimizationLevel
-        options.graph_optimization_level = (
-            level.ORT_DISABLE_ALL if route.optimized else level.ORT_ENABLE_ALL
-        )
-        self.session = ort.InferenceSession(
-            str(route.onnx), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = open_session(route.onnx, route.threads, optimized=route.optimized)
         self.input_name = self.session.get_inputs()[0].name
         self.loaded = route.loaded
 
@@ -326,23 +311,9 @@ def predict_on_route(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """:func:`semseg.prediction.predict_files` on the route: the same outputs, no torch."""
-    from semseg.io import read_rgb
-    from semseg.prediction import write_multiclass_outputs, write_outputs
+    from semseg.prediction import write_predictions
 
     runner = RouteRunner(route)
-    loaded = route.loaded
-    written = 0
-    for start in range(0, len(paths), max(1, batch_size)):
-        chunk = paths[start : start + max(1, batch_size)]
-        images = [read_rgb(path) for path in chunk]
-        for path, image, probability in zip(
-            chunk, images, runner.probabilities(images), strict=True
-        ):
-            if loaded.is_multiclass:
-                write_multiclass_outputs(out_dir, path.stem, image, probability, loaded)
-            else:
-                write_outputs(out_dir, path.stem, image, probability, loaded.positive_class)
-            written += 1
-        if on_progress is not None:
-            on_progress(len(chunk))
-    return written
+    return write_predictions(
+        route.loaded, paths, out_dir, max(1, batch_size), runner.probabilities, on_progress
+    )

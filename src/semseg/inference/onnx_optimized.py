@@ -21,7 +21,7 @@ import torch
 
 from semseg.errors import SemsegError
 from semseg.inference.checkpoint import LoadedModel
-from semseg.io import first_line
+from semseg.inference.ort_session import save_optimized
 
 
 def optimized_for() -> str:
@@ -30,20 +30,6 @@ def optimized_for() -> str:
 
     isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or f == "fma")
     return f"{cpu_model()} [{' '.join(isa)}]"
-
-
-def save_optimized(src: Path, dst: Path) -> None:
-    """Open ``src`` in ONNX Runtime at ``ORT_ENABLE_ALL``; save the optimized graph at ``dst``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3  # its note that the file is hardware-specific is ours to say
-    try:
-        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-    except Exception as error:
-        raise SemsegError(f"onnxruntime cannot optimize {src.name}: {first_line(error)}") from error
 
 
 def add_metadata(path: Path, values: dict[str, str]) -> None:

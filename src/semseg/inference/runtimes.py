@@ -146,20 +146,14 @@ class OnnxRuntimeBackend(InferenceBackend):
     def __init__(
         self, path: str | Path, threads: int | None = None, num_classes: int | None = None
     ) -> None:
-        import onnxruntime as ort
+        from semseg.inference.ort_session import open_session
 
         self.path = Path(path)
         if not self.path.is_file():
             raise SemsegError(f"ONNX model not found: {self.path}")
         self.threads = threads or torch.get_num_threads()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = open_session(self.path, self.threads)
         except Exception as error:
             raise SemsegError(
                 f"onnxruntime cannot load {self.path}: {first_line(error)}"
