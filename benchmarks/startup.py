@@ -32,6 +32,7 @@ CASES = {
     "int8": ["--precision", "int8"],
     "auto": ["--backend", "auto"],
     "torch": ["--backend", "torch"],
+    "torch-int8": ["--backend", "torch", "--precision", "int8"],
 }
 
 

@@ -15,6 +15,8 @@ same arguments to resume, ``--fresh`` to recompute):
   ``train.lse_r``; Pinheiro & Collobert, CVPR 2015), scored by its raw argmax;
 * ``mil-prior``, ``mil-prior-superpixels``, ``mil-prior-segments``: the same checkpoint with the
   paper's inference (``semseg evaluate --image-prior [--smooth superpixels|segments]``);
+* ``mil-segments``: the smoothing prior alone (``--smooth segments``, no image prior), which
+  tells the two priors' effects apart;
 * ``cam``: a CAM classifier (Zhou et al., CVPR 2016) trained from the training tags for the
   budget; the pseudo-labels of the validation images, made from their own tags, are scored on
   the pixels they label (``coverage``: the share of valid pixels labelled) — they use the
@@ -56,6 +58,7 @@ ENTRIES = (
     "mil-prior",
     "mil-prior-superpixels",
     "mil-prior-segments",
+    "mil-segments",
     "cam",
     "cam-crf",
     "cam-segmenter",
@@ -64,6 +67,7 @@ PRIOR_VARIANTS = {
     "mil-prior": (True, "none"),
     "mil-prior-superpixels": (True, "superpixels"),
     "mil-prior-segments": (True, "segments"),
+    "mil-segments": (False, "segments"),
 }
 WHAT = {
     "full": "full masks",
@@ -71,6 +75,7 @@ WHAT = {
     "mil-prior": "MIL-LSE + image prior",
     "mil-prior-superpixels": "MIL-LSE + prior + SLIC superpixels",
     "mil-prior-segments": "MIL-LSE + prior + Felzenszwalb segments",
+    "mil-segments": "MIL-LSE + Felzenszwalb segments, no prior",
     "cam": "CAM pseudo-labels (labelled pixels)",
     "cam-crf": "CAM pseudo-labels + CRF (labelled pixels)",
     "cam-segmenter": "FCN-8s trained on CAM pseudo-labels",
@@ -181,7 +186,10 @@ def run_mil_variant(name: str) -> Callable[[argparse.Namespace, Path, dict], dic
     def run(args: argparse.Namespace, data: Path, done: dict[str, dict]) -> dict[str, Any]:
         from semseg.evaluation import evaluate_checkpoint
 
-        checkpoint = Path(done["mil"]["run_dir"]) / "checkpoints" / "best.ckpt"
+        run_dir = Path(done["mil"]["run_dir"])
+        if not run_dir.is_dir():  # the results folder was moved since: its own runs/mil
+            run_dir = args.folder / "runs" / run_dir.name
+        checkpoint = run_dir / "checkpoints" / "best.ckpt"
         results = evaluate_checkpoint(
             checkpoint, data, split="val", image_prior=image_prior, smooth=smooth
         )

@@ -335,7 +335,7 @@ def test_auto_considers_int8_and_the_compiled_package_by_default(
 
 
 def test_bad_options_and_export_format(checkpoint: Path, cli):
-    with pytest.raises(SemsegError, match="int8 runs the quantized model with onnxruntime"):
+    with pytest.raises(SemsegError, match="int8 runs a quantized model as it was built"):
         BackendOptions("auto", precision="int8", compile=True)
     for args, fragment in (
         (("--precision", "int8"), "--precision must be one of bf16, 32 for pt2"),

@@ -207,10 +207,11 @@ def test_requests_only_the_full_path_can_serve():
         fast_start.request_for(model, BackendOptions(precision="bf16"), 4, 4),
         fast_start.request_for(model, BackendOptions(compile=True), 4, 4),
         fast_start.request_for(model, BackendOptions("torch"), 4, 4),
+        fast_start.request_for(model, BackendOptions("torch", precision="int8"), 4, 4),  # PT2E
         fast_start.request_for(Path("m.pt2"), BackendOptions(), 4, 4),
     ]
     assert refused == [None] * len(refused)
-    assert fast_start.request_for(model, BackendOptions("torch", precision="int8"), 4, 4)
+    assert fast_start.request_for(model, BackendOptions(precision="int8"), 4, 4)
 
 
 def test_a_choice_that_is_not_onnxruntime_removes_the_route(setting, monkeypatch):

@@ -520,7 +520,10 @@ def serve(
     ] = Backend.auto,
     precision: Annotated[
         Precision | None,
-        typer.Option(help="32, bf16 or int8 (quantized once on --calibration-data, cached)."),
+        typer.Option(
+            help="32, bf16 or int8 (quantized once on --calibration-data, cached; torch's PT2E "
+            "int8 with --backend torch)."
+        ),
     ] = None,
     calibration_data: Annotated[
         Path | None,

@@ -154,7 +154,8 @@ def _inference_parameters(default_backend: str) -> list[inspect.Parameter]:
             Precision | None,
             None,
             help="32, bf16 (torch) or int8 (quantized once on images of your data, cached; "
-            "onnxruntime). auto tries each where the CPU has the instructions; torch: 32.",
+            "onnxruntime, or torch's PT2E int8 with --backend torch: faster per image, seconds "
+            "longer to start). auto tries each where the CPU has the instructions; torch: 32.",
         ),
         option(
             "channels_last",

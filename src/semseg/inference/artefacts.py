@@ -30,7 +30,7 @@ from semseg.inference.checkpoint import LoadedModel, file_sha256
 from semseg.inference.machine import cache_dir
 from semseg.io import write_json_atomic
 
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "pt2e": ".pt2"}
 
 
 def library_versions() -> dict[str, str]:

@@ -119,8 +119,9 @@ def onnx_backend_for(
 class Candidate:
     """One way to run the model: backend family plus the torch knobs.
 
-    Families: ``torch`` (eager or ``torch.compile``), ``onnxruntime`` (fp32 export, or the
-    cached int8 model with ``precision="int8"``) and ``aot`` (the cached AOTInductor package)."""
+    Families: ``torch`` (eager or ``torch.compile``; with ``precision="int8"`` the cached PT2E
+    int8 program of :mod:`semseg.inference.pt2e`), ``onnxruntime`` (fp32 export, or the cached
+    int8 model with ``precision="int8"``) and ``aot`` (the cached AOTInductor package)."""
 
     backend: str = "torch"
     precision: str = "32"
@@ -130,6 +131,8 @@ class Candidate:
     def label(self) -> str:
         if self.backend == "onnxruntime":
             return "onnxruntime int8" if self.precision == "int8" else "onnxruntime fp32"
+        if self.precision == "int8":
+            return "torch int8 (PT2E, oneDNN)"
         parts = ["torch", "bf16" if self.precision == "bf16" else "fp32"]
         if self.channels_last:
             parts.append("channels-last")
@@ -146,6 +149,7 @@ class Candidate:
 
 BASELINE = Candidate()
 INT8 = Candidate("onnxruntime", "int8")
+TORCH_INT8 = Candidate("torch", "int8")
 AOT_BF16 = Candidate("aot", "bf16", channels_last=True, compile=True)
 AUTO_BUILD_ENV = "SEMSEG_AUTO_BUILD"
 """Set to 0: ``auto`` uses int8 models and compiled packages only where already cached (it builds
@@ -174,6 +178,10 @@ def build_backend(
     to be built; ``cached_only``: refuse to build int8 models and compiled packages."""
     if candidate.builds_artefact and cached_only and not artefact_cached(loaded, candidate, sha256):
         raise SemsegError(NOT_BUILT)
+    if candidate == TORCH_INT8:
+        from semseg.inference.pt2e import torch_int8_backend
+
+        return torch_int8_backend(loaded, images, sha256=sha256, rebuild=rebuild, announce=announce)
     if candidate == INT8:
         from semseg.inference.int8_cache import int8_backend
 
@@ -203,6 +211,10 @@ def artefact_cached(loaded: LoadedModel, candidate: Candidate, sha256: str | Non
         from semseg.inference.int8_cache import int8_key
 
         return artefacts.lookup(int8_key(loaded, sha)).ok
+    if candidate == TORCH_INT8:
+        from semseg.inference.pt2e import program_key
+
+        return artefacts.lookup(program_key(loaded, sha)).ok
     from semseg.inference.aot import MAX_BATCH
 
     key = artefacts.key_for(loaded, sha, "pt2", candidate.precision, f"batch 1..{MAX_BATCH}")
@@ -511,21 +523,36 @@ def int8_or_fallback(
     images: ImageSource,
     announce: Callable[[str], None] | None,
 ) -> tuple[InferenceBackend, Choice]:
-    """``--precision int8``: the cached int8 model (quantized on ``images`` the first time);
-    where there is none, it fails its parity guard or the CPU has no 8-bit dot products, one
-    line says why and the next path runs: onnxruntime fp32, else fp32 eager torch."""
-    try:
-        chosen = build_backend(
-            loaded,
-            INT8,
-            options.threads,
-            announce=announce,
-            images=images,
-            rebuild=options.recalibrate,
-        )
-        return chosen, Choice(INT8, forced="--precision int8; cached, parity checked")
-    except SemsegError as error:
-        reason = str(error)
+    """``--precision int8``: the cached int8 model (quantized on ``images`` the first time):
+    onnxruntime's, or torch's own (PT2E) with ``--backend torch``. Where there is none, it fails
+    its parity guard or cannot run here, one line says why and the next path runs: onnxruntime
+    int8 (after torch int8), onnxruntime fp32, else fp32 eager torch."""
+    int8_paths = [TORCH_INT8, INT8] if options.backend == "torch" else [INT8]
+    failures: list[tuple[Candidate, str]] = []
+    for candidate in int8_paths:
+        try:
+            chosen = build_backend(
+                loaded,
+                candidate,
+                options.threads,
+                announce=announce,
+                images=images,
+                rebuild=options.recalibrate,
+            )
+        except SemsegError as error:
+            failures.append((candidate, str(error)))
+            continue
+        forced = "--precision int8; cached, parity checked"
+        if failures:
+            forced = f"fallback from {int8_paths[0].label()}; cached, parity checked"
+            if announce is not None:
+                why = "; ".join(f"{c.label()}: {e}" for c, e in failures)
+                announce(f"warning: {why}; running {candidate.label()} instead")
+        return chosen, Choice(candidate, forced=forced)
+    if len(failures) == 1:
+        reason = failures[0][1]
+    else:
+        reason = "; ".join(f"{c.label()}: {e}" for c, e in failures)
     fallbacks = [Candidate("onnxruntime")] if loaded.path.is_file() else []
     for fallback in (*fallbacks, BASELINE):
         try:

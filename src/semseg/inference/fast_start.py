@@ -83,7 +83,7 @@ def request_for(
     torch_only = options.channels_last or options.compile or options.precision == "bf16"
     if crf is not None or mil_flags or options.recalibrate or torch_only:
         return None
-    if options.backend == "torch" and options.precision != "int8":
+    if options.backend == "torch":  # fp32/bf16 eager, or torch's own int8
         return None
     if model_file.suffix.lower() not in (".ckpt", ".onnx"):
         return None

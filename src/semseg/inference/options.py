@@ -15,7 +15,8 @@ from semseg.errors import SemsegError
 
 class Precision(StrEnum):
     """``--precision``: fp32 (``32``), bfloat16 autocast (``bf16``, torch) or ``int8`` (the
-    checkpoint quantized once with onnxruntime on images of the data given, cached)."""
+    checkpoint quantized once on images of the data given and cached: with onnxruntime, or with
+    PyTorch's PT2E flow under ``--backend torch``)."""
 
     fp32 = "32"
     bf16 = "bf16"
@@ -45,8 +46,10 @@ class BackendOptions:
 
     Built from user input: a name or value outside its choices is a :class:`SemsegError` naming
     the flag. ``precision`` / ``channels_last`` None: ``auto`` tries both (torch: 32, NCHW).
-    ``precision="int8"`` runs the cached int8 model with onnxruntime whatever ``backend`` says
-    (falling back to fp32, with a message, where it cannot or fails its parity check).
+    ``precision="int8"`` runs the cached onnxruntime int8 model, or with ``backend="torch"``
+    torch's own int8 model (PT2E on oneDNN kernels), falling back to the next path (torch int8 ->
+    onnxruntime int8 -> onnxruntime fp32 -> fp32 eager), with a message, where it cannot run or
+    fails its parity check.
     """
 
     backend: str = "auto"
@@ -74,7 +77,7 @@ class BackendOptions:
             raise SemsegError(f"--threads must be at least 1, got {self.threads}")
         if self.precision == "int8" and (self.channels_last or self.compile):
             raise SemsegError(
-                "--precision int8 runs the quantized model with onnxruntime: drop "
+                "--precision int8 runs a quantized model as it was built: drop "
                 "--channels-last and --compile"
             )
         fp32_only = self.precision == "bf16" or self.channels_last or self.compile

@@ -300,23 +300,31 @@ def compare_models(
     threads: int | None = None,
     reference: list[np.ndarray] | None = None,
 ) -> Comparison:
-    """Score both models on ``images`` (MaxF / mIoU where labelled) and compare their outputs.
+    """Score both ONNX models on ``images`` (MaxF / mIoU where labelled) and compare their
+    outputs.
 
     ``reference``: fp32 probabilities of ``images`` computed before (from
     :func:`fp32_probabilities`), so that several int8 candidates are compared to one run."""
+    if not len(images):
+        raise SemsegError("no images to compare the int8 model on")
+    if reference is None:
+        reference = fp32_probabilities(fp32, images, threads)
+    return compare_predictor(onnx_predictor(Path(int8), threads), images, reference)
+
+
+def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) -> Comparison:
+    """:func:`compare_models` for any int8 :class:`~semseg.inference.predictor.Predictor` (the
+    onnxruntime int8 model, or torch's PT2E one) against fp32 probabilities of ``images``."""
     from semseg.evaluation import SpaceScores
 
     if not len(images):
         raise SemsegError("no images to compare the int8 model on")
-    int8_predictor = onnx_predictor(Path(int8), threads)
-    loaded = int8_predictor.loaded
-    if reference is None:
-        reference = fp32_probabilities(fp32, images, threads)
+    loaded = predictor.loaded
     scores = {key: SpaceScores(loaded.num_classes, loaded.positive_class) for key in "fq"}
     agree = total = 0
     worst, error_sum = 0.0, 0.0
     for index, image in enumerate(images.images):
-        (p_int8,) = int8_predictor.predict_batch([image])
+        (p_int8,) = predictor.predict_batch([image])
         p_fp32 = reference[index]
         labels_int8, labels_fp32 = p_int8.argmax(axis=0), p_fp32.argmax(axis=0)
         agree += int((labels_int8 == labels_fp32).sum())
