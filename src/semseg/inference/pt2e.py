@@ -207,7 +207,7 @@ class Parity:
 
 def parity(backend: InferenceBackend, loaded: LoadedModel, images: Sequence[np.ndarray]) -> Parity:
     """The parity guard of :mod:`semseg.inference.quantize` at the model's input size."""
-    from semseg.inference.quantize import MAX_PROB_ERROR, MIN_LABEL_AGREEMENT
+    from semseg.inference.quantize import MAX_PROB_ERROR, MIN_LABEL_AGREEMENT, guard_failure
 
     agree = total = 0
     worst = 0.0
@@ -221,14 +221,9 @@ def parity(backend: InferenceBackend, loaded: LoadedModel, images: Sequence[np.n
         total += expected[:, 0].numel()
         worst = max(worst, float((got - expected).abs().max()))
     agreement = agree / max(total, 1)
+    failed = guard_failure(agreement, worst, MIN_LABEL_AGREEMENT, MAX_PROB_ERROR)
     summary = f"labels agree {100 * agreement:.3f}%, max |dp| {worst:.3g}"
-    if agreement < MIN_LABEL_AGREEMENT:
-        floor = 100 * MIN_LABEL_AGREEMENT
-        reason = f"labels agree on {100 * agreement:.2f}% of the pixels (< {floor:g}%)"
-        return Parity(False, reason, agreement, worst)
-    if worst > MAX_PROB_ERROR:
-        return Parity(False, f"max |dp| {worst:.3g} > {MAX_PROB_ERROR:g}", agreement, worst)
-    return Parity(True, summary, agreement, worst)
+    return Parity(not failed, failed or summary, agreement, worst)
 
 
 def program_key(loaded: LoadedModel, sha256: str):

@@ -408,18 +408,27 @@ def int8_parity_ok(
         comparison = compare_models(fp32, int8, image_set, threads)
     except SemsegError as error:
         return Parity(False, str(error))
-    if comparison.label_agreement < min_agreement:
-        return Parity(
-            False,
-            f"labels agree on {100 * comparison.label_agreement:.2f}% of the "
-            f"pixels (< {100 * min_agreement:g}%)",
-            comparison,
-        )
-    if comparison.max_abs_prob_diff > max_prob_error:
-        return Parity(
-            False, f"max |dp| {comparison.max_abs_prob_diff:.3g} > {max_prob_error:g}", comparison
-        )
+    failed = guard_failure(
+        comparison.label_agreement, comparison.max_abs_prob_diff, min_agreement, max_prob_error
+    )
+    if failed:
+        return Parity(False, failed, comparison)
     return Parity(True, comparison.summary(), comparison)
+
+
+def guard_failure(
+    agreement: float,
+    max_abs_prob_diff: float,
+    min_agreement: float = MIN_LABEL_AGREEMENT,
+    max_prob_error: float = MAX_PROB_ERROR,
+) -> str:
+    """Why an int8 model with this label agreement and largest probability change fails the
+    parity guard ("" where it passes); shared by every int8 path."""
+    if agreement < min_agreement:
+        return f"labels agree on {100 * agreement:.2f}% of the pixels (< {100 * min_agreement:g}%)"
+    if max_abs_prob_diff > max_prob_error:
+        return f"max |dp| {max_abs_prob_diff:.3g} > {max_prob_error:g}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
