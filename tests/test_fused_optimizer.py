@@ -56,3 +56,47 @@ def test_config_option_reaches_the_task():
     assert config.train.fused_optimizer is None
     config.train.fused_optimizer = False
     assert build_task(config).hparams["fused_optimizer"] is False
+
+
+def task_under(precision: str, grad_clip: float | None, fused: bool | None = None):
+    """A task whose trainer says ``precision`` and ``gradient_clip_val`` (as Lightning's does)."""
+    from types import SimpleNamespace
+
+    task = SegmentationTask(
+        model_options={"width_mult": 0.125}, optimizer="adamw", fused_optimizer=fused
+    )
+    task._trainer = SimpleNamespace(precision=precision, gradient_clip_val=grad_clip)
+    return task
+
+
+@pytest.mark.parametrize(
+    ("precision", "grad_clip", "fused"),
+    [
+        ("32-true", 1.0, True),
+        ("bf16-mixed", None, True),
+        ("bf16-mixed", 1.0, False),  # Lightning refuses to clip a fused step under mixed precision
+        ("16-mixed", None, False),
+    ],
+)
+def test_default_fusing_follows_precision_and_clipping(precision, grad_clip, fused):
+    assert task_under(precision, grad_clip).fused_optimizer() is fused
+
+
+def test_asking_for_a_fused_step_that_cannot_be_clipped_is_refused():
+    from semseg.errors import SemsegError
+
+    with pytest.raises(SemsegError, match="fused_optimizer=true cannot be combined"):
+        task_under("bf16-mixed", 1.0, fused=True).fused_optimizer()
+
+
+def test_bf16_mixed_training_with_gradient_clipping_runs(tmp_path):
+    """`kitti_fast_cpu` clips gradients; under --precision bf16-mixed the fused default made
+    Lightning stop the run before its first step."""
+    from conftest import tiny_config
+
+    from semseg.training import train
+
+    config = tiny_config(tmp_path, epochs=1, grad_clip=1.0, optimizer="adamw")
+    config.train.precision = "bf16-mixed"
+    run_dir = train(config)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

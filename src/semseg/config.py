@@ -179,7 +179,8 @@ class TrainConfig:
     class_weights: str | None = setting(None, choices=("median_frequency",))
     # clip the gradient norm to this (Trainer gradient_clip_val); null: no clipping
     grad_clip: float | None = setting(None, gt=0.0)
-    fused_optimizer: bool | None = None  # Adam/AdamW's fused step; null: on, except 16-mixed
+    # Adam/AdamW's fused step; null: on, except under 16-mixed and clipped bf16-mixed
+    fused_optimizer: bool | None = None
     seed: int = setting(0, ge=0, le=2**32 - 1)
     precision: str = setting("32", choices=("32", "bf16-mixed", "16-mixed", "64"))
     channels_last: bool | None = None  # NHWC weights; null: on for bf16-mixed on the CPU

@@ -76,6 +76,21 @@ def gaussian_conv_(layer: nn.Conv2d, std: float) -> nn.Conv2d:
     return layer
 
 
+def scores_in_float32(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` in float32 where CPU autocast would run it in bfloat16.
+
+    For the class-score convolution on VGG16's 4096 fc7 channels: oneDNN's AMX bfloat16
+    weight-gradient kernel corrupts the heap for a 1x1 convolution from 4096 channels to a
+    handful of classes (batch 4 or more; the process aborts with "corrupted double-linked list"
+    in ``--precision bf16-mixed`` training). The layer is a few thousand multiply-adds per pixel
+    of the stride-32 map, so float32 costs next to nothing.
+    """
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return layer(x.float())
+    return layer(x)
+
+
 def crop_like(x: Tensor, reference: Tensor, offset: int) -> Tensor:
     """Crop ``x`` spatially from ``offset`` to the height and width of ``reference``."""
     height, width = reference.shape[-2:]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semseg.models.base import SegmentationModel, gaussian_conv_
+from semseg.models.base import SegmentationModel, gaussian_conv_, scores_in_float32
 from semseg.models.encoders import backbone_state_dict
 from semseg.models.receptive_field import Layer, layers_of
 from semseg.models.registry import register_model
@@ -136,7 +136,7 @@ class Dilation8(SegmentationModel):
         x = self.features(x)
         x = self.drop6(self.relu(self.fc6(x)))
         x = self.drop7(self.relu(self.fc7(x)))
-        x = self.final(x)
+        x = scores_in_float32(self.final, x)
         return x if self.context is None else self.context(x)
 
     def forward_normalized(self, x: Tensor) -> Tensor:

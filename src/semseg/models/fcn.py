@@ -15,7 +15,12 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.models.base import SegmentationModel, bilinear_upsampler, crop_like
+from semseg.models.base import (
+    SegmentationModel,
+    bilinear_upsampler,
+    crop_like,
+    scores_in_float32,
+)
 from semseg.models.encoders import VGGEncoder, build_encoder
 from semseg.models.receptive_field import Layer, layers_of, transposed
 from semseg.models.registry import register_model
@@ -87,7 +92,7 @@ class FCN(SegmentationModel):
     def forward_logits(self, x: Tensor) -> Tensor:
         """Class scores at the output stride (32, 16 or 8), before the final upsampling."""
         features = self.encoder(x)
-        score = self.score_fr(features.fc7)
+        score = scores_in_float32(self.score_fr, features.fc7)
         if self.variant in ("16s", "8s"):
             pool4_score = self.score_pool4(features.pool4)
             score = crop_like(self.upscore2(score), pool4_score, offset=1) + pool4_score
@@ -147,7 +152,7 @@ class FCN8sSeed(SegmentationModel):
 
     def forward_normalized(self, x: Tensor) -> Tensor:
         features = self.encoder(x)
-        score = self.layer7_score(features.fc7)
+        score = scores_in_float32(self.layer7_score, features.fc7)
         score = crop_like(self.up_to_pool4(score), features.pool4, offset=1) + features.pool4
         score = crop_like(self.up_to_pool3(score), features.pool3, offset=1) + features.pool3
         return crop_like(self.up_to_input(score), x, offset=4)

@@ -152,14 +152,25 @@ class SegmentationTask(L.LightningModule):
 
     def fused_optimizer(self) -> bool:
         """``fused_optimizer``; None: fused on the CPU and CUDA except under 16-mixed (whose
-        gradient scaler cannot unscale for gradient clipping ahead of a fused step)."""
+        gradient scaler cannot unscale for gradient clipping ahead of a fused step) and under
+        bf16-mixed with gradient clipping (Lightning's mixed-precision plugin refuses to clip
+        the gradients of an optimizer whose step could unscale them)."""
+        trainer = self._trainer
+        precision = str(getattr(trainer, "precision", "32"))
+        clipping_mixed = precision.endswith("-mixed") and bool(
+            getattr(trainer, "gradient_clip_val", None)
+        )
         choice = self.hparams.get("fused_optimizer")
         if choice is not None:
+            if choice and clipping_mixed:
+                raise SemsegError(
+                    f"train.fused_optimizer=true cannot be combined with train.grad_clip under "
+                    f"--precision {precision}; set one of them to null"
+                )
             return bool(choice)
         if any(p.device.type not in ("cpu", "cuda") for p in self.parameters()):
             return False
-        trainer = self._trainer
-        return str(getattr(trainer, "precision", "32")) != "16-mixed"
+        return precision != "16-mixed" and not clipping_mixed
 
     def configure_optimizers(self) -> Any:
         hparams = self.hparams
