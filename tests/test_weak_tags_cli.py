@@ -125,8 +125,11 @@ def test_train_from_tags_makes_the_usual_run(mil_run: Path):
     assert loaded.class_colours.tolist()[1] == [128, 64, 128]  # the data's palette
 
 
-def prior_labels_by_hand(checkpoint: Path, image: np.ndarray, r: float) -> np.ndarray:
-    """Scores at the image size, softmax, times sigmoid of the LSE-pooled scores, argmax."""
+def prior_labels_by_hand(
+    checkpoint: Path, image: np.ndarray, r: float, tiles: tuple[int, int] = (1, 1)
+) -> np.ndarray:
+    """Scores at the image size, softmax, times sigmoid of the LSE-pooled scores, argmax; with
+    ``tiles`` (rows, columns dividing the image evenly), each tile by its own pooled scores."""
     loaded = load_model(checkpoint)
     height, width = loaded.input_size
     batch = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
@@ -134,13 +137,21 @@ def prior_labels_by_hand(checkpoint: Path, image: np.ndarray, r: float) -> np.nd
     with torch.no_grad():
         scores = loaded.model(batch)
     scores = F.interpolate(scores, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-    flat = scores.double().reshape(scores.shape[0], -1)
-    pooled = torch.tensor(
-        [math.log(torch.exp(r * row).mean().item()) / r for row in flat], dtype=torch.float64
-    )
-    prior = 1.0 / (1.0 + torch.exp(-pooled))
-    weighted = scores.double().softmax(dim=0) * prior[:, None, None]
-    return weighted.argmax(dim=0).numpy().astype(np.uint8)
+    scores = scores.double()
+    labels = np.empty(image.shape[:2], dtype=np.uint8)
+    tile_h, tile_w = image.shape[0] // tiles[0], image.shape[1] // tiles[1]
+    for top in range(0, image.shape[0], tile_h):
+        for left in range(0, image.shape[1], tile_w):
+            tile = scores[:, top : top + tile_h, left : left + tile_w]
+            flat = tile.reshape(tile.shape[0], -1)
+            pooled = torch.tensor(
+                [math.log(torch.exp(r * row).mean().item()) / r for row in flat],
+                dtype=torch.float64,
+            )
+            prior = 1.0 / (1.0 + torch.exp(-pooled))
+            weighted = tile.softmax(dim=0) * prior[:, None, None]
+            labels[top : top + tile_h, left : left + tile_w] = weighted.argmax(dim=0).numpy()
+    return labels
 
 
 def test_predict_with_the_image_prior_matches_a_hand_calculation(
@@ -160,6 +171,34 @@ def test_predict_with_the_image_prior_matches_a_hand_calculation(
         image = np.asarray(Image.open(path).convert("RGB"))
         assert image_to_tensor(image, *SIZE).shape == (3, *SIZE)  # resizing is the identity here
         expected = prior_labels_by_hand(checkpoint, image, 5.0)
+        written = np.asarray(Image.open(out / "label" / path.name))
+        assert (written == expected).mean() > 0.999
+
+
+def test_crop_tags_pool_the_prior_per_crop_sized_tile(data: Path, tmp_path: Path):
+    """Tags of 16x24 crops of the 32x48 images: the checkpoint records 2 x 2 tiles, and
+    ``predict --image-prior`` weighs each quarter of the image by its own pooled scores."""
+    tags = tmp_path / "crop_tags.csv"
+    derived = run_cli("derive", "--to", "tags", "--data", str(data), "--out", str(tags),
+                      "--crop", "16x24")  # fmt: skip
+    assert derived.returncode == 0, derived.stderr
+    run_dir = tmp_path / "mil_crops"
+    trained = run_cli(
+        "train", "--config", "demo", "--data", str(data), "--supervision", "tags",
+        "--tags", str(tags), "--epochs", "1", "--height", "32", "--width", "48",
+        "--set", "model.width_mult=0.125", "--run-dir", str(run_dir),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    loaded = load_model(checkpoint)
+    assert loaded.prior_tiles == (2, 2) and loaded.lse_r == 2.0
+    images, out = data / "val" / "images", tmp_path / "pred"
+    result = run_cli("predict", str(checkpoint), str(images), "--out", str(out),
+                     "--image-prior", "--backend", "torch")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for path in sorted(images.glob("*.png")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        expected = prior_labels_by_hand(checkpoint, image, 2.0, (2, 2))
         written = np.asarray(Image.open(out / "label" / path.name))
         assert (written == expected).mean() > 0.999
 

@@ -15,12 +15,16 @@ from semseg.weak.mil import (
     MILInference,
     MILSegmenter,
     apply_image_prior,
+    apply_tiled_prior,
+    check_prior_tiles,
     lse_pool,
     mil_labels,
     mil_loss,
     mil_probabilities,
+    prior_tiles_for,
     segment_mean,
     superpixels,
+    tile_slices,
 )
 
 
@@ -138,6 +142,64 @@ def test_image_prior_flips_a_pixel_of_an_unlikely_class():
     assert mil_labels(scores, MILInference(lse_r=1.0)).tolist() == [[0, 0, 0, 0]]
 
 
+def test_tiles_cover_the_frame_once_in_nearly_equal_parts():
+    tiles = tile_slices(7, 10, (2, 3))
+    cover = np.zeros((7, 10), dtype=int)
+    for rows, columns in tiles:
+        cover[rows, columns] += 1
+    assert len(tiles) == 6 and (cover == 1).all()
+    heights = {rows.stop - rows.start for rows, _ in tiles}
+    widths = {columns.stop - columns.start for _, columns in tiles}
+    assert heights <= {3, 4} and widths <= {3, 4}
+    assert tile_slices(5, 5, (1, 1)) == [(slice(0, 5), slice(0, 5))]
+
+
+@pytest.mark.parametrize(
+    ("extent", "tiles"),
+    [((0.5, 0.5), (2, 2)), ((1.0, 1.0), (1, 1)), ((0.34, 0.26), (3, 4)), ((1e-4, 0.9), (64, 1))],
+)
+def test_prior_tiles_from_the_tags_extent(extent, tiles):
+    assert prior_tiles_for(extent) == tiles
+
+
+@pytest.mark.parametrize("bad", [(0, 1), (1, 65), (2.0, 2), (True, 1), (1, 2, 3), "2x2"])
+def test_bad_prior_tiles_are_refused(bad):
+    with pytest.raises(SemsegError, match="prior tiles must be two whole numbers"):
+        check_prior_tiles(bad)
+    with pytest.raises(SemsegError, match="prior tiles"):
+        MILInference(prior_tiles=bad)
+
+
+def test_tiled_prior_judges_each_tile_by_its_own_pooled_scores():
+    """Class 1 is strong in the left half (a crop where it is tagged) and faintly ahead in one
+    pixel of the right half, where it is absent: the right tile's own prior removes it there,
+    the whole frame's prior (lifted by the left half) does not."""
+    r = 1.0
+    scores = torch.zeros(2, 2, 4)
+    scores[1, :, :2] = 6.0  # left tile: class 1 everywhere
+    scores[1, :, 2:] = -6.0  # right tile: class 1 absent ...
+    scores[1, 0, 3] = 0.3  # ... except one pixel it wins by a little
+    probabilities = scores.softmax(dim=0)
+
+    def by_hand(tile: np.ndarray, pixel: np.ndarray) -> np.ndarray:
+        pooled = [math.log(np.exp(r * tile[k]).mean()) / r for k in range(2)]
+        prior = np.array([1 / (1 + math.exp(-v)) for v in pooled])
+        weighted = pixel * prior
+        return weighted / weighted.sum()
+
+    tiled = apply_tiled_prior(probabilities, scores, r, (1, 2))
+    frame = apply_tiled_prior(probabilities, scores, r, (1, 1))
+    s, p = scores.double().numpy(), probabilities.double().numpy()
+    expected = by_hand(s[:, :, 2:].reshape(2, -1), p[:, 0, 3])
+    assert tiled[:, 0, 3].numpy() == pytest.approx(expected, rel=1e-5)
+    assert tiled[:, 0, 0].numpy() == pytest.approx(
+        by_hand(s[:, :, :2].reshape(2, -1), p[:, 0, 0]), rel=1e-5
+    )
+    assert frame[:, 0, 3].numpy() == pytest.approx(by_hand(s.reshape(2, -1), p[:, 0, 3]), rel=1e-5)
+    assert int(tiled[:, 0, 3].argmax()) == 0 and int(frame[:, 0, 3].argmax()) == 1
+    assert mil_labels(scores, MILInference(lse_r=r, prior_tiles=(1, 2)))[0].tolist() == [1, 1, 0, 0]
+
+
 def test_segment_mean_on_a_hand_made_map():
     probabilities = np.array(
         [
@@ -217,3 +279,16 @@ def test_lse_pool_of_half_precision_scores_is_float32():
     pooled = lse_pool(scores, 5.0)
     assert pooled.dtype == torch.float32
     np.testing.assert_allclose(pooled.numpy(), direct_lse(scores.double().numpy(), 5.0), atol=1e-5)
+
+
+def test_checkpoint_prior_tiles_default_to_the_frame_and_bad_ones_are_refused():
+    from pathlib import Path
+
+    from semseg.inference.checkpoint import checked_prior_tiles
+
+    path = Path("run/best.ckpt")
+    assert checked_prior_tiles(path, {"method": "mil", "lse_r": 2.0}) == (1, 1)  # older release
+    assert checked_prior_tiles(path, {"method": "mil", "prior_tiles": [2, 3]}) == (2, 3)
+    assert checked_prior_tiles(path, {"prior_tiles": [2, 3]}) == (1, 1)  # not a MIL model
+    with pytest.raises(SemsegError, match=r"run/best.ckpt: prior tiles must be two whole"):
+        checked_prior_tiles(path, {"method": "mil", "prior_tiles": [0, "a"]})

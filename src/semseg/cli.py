@@ -182,7 +182,13 @@ def predict(
     loaded = load_any_model(checkpoint)
     from semseg.weak.mil import inference_settings
 
-    mil = inference_settings(getattr(loaded, "lse_r", None), image_prior, str(smooth), checkpoint)
+    mil = inference_settings(
+        getattr(loaded, "lse_r", None),
+        image_prior,
+        str(smooth),
+        checkpoint,
+        getattr(loaded, "prior_tiles", (1, 1)),
+    )
     if paths is None:
         paths = readable_inputs(collect_inputs(inputs), skip_bad, warn=err_console.print)
     lines: list[str] = []

@@ -479,7 +479,7 @@ def evaluate_checkpoint(
 
     checkpoint, data = Path(checkpoint), Path(data)
     loaded = load_model(checkpoint)
-    mil = inference_settings(loaded.lse_r, image_prior, smooth, checkpoint)
+    mil = inference_settings(loaded.lse_r, image_prior, smooth, checkpoint, loaded.prior_tiles)
     data_config = data_config_for(data, class_table)
     check_model_fits_data(loaded, data_config)
     samples = split_samples_of(data, split, checkpoint, skip_bad=skip_bad)

@@ -30,6 +30,7 @@ from semseg.errors import SemsegError
 from semseg.io import open_image
 from semseg.runs import warn
 from semseg.weak.jobs import open_box_data
+from semseg.weak.mil import prior_tiles_for
 from semseg.weak.tag_task import TagDataset, TagTask
 from semseg.weak.tags import TagRecord, match_samples, read_tags
 
@@ -82,6 +83,18 @@ def crop_input_size(config: Config, pairs: Sequence[tuple[TagRecord, Sample]]) -
     )
 
 
+def tag_prior_tiles(pairs: Sequence[tuple[TagRecord, Sample]]) -> list[int]:
+    """Tiles of the frame (rows, columns) of the tags' extent, for the image-level prior at
+    inference (:func:`semseg.weak.mil.prior_tiles_for`): the first record's crop, as
+    :func:`crop_input_size` takes it; ``[1, 1]`` for tags of whole images."""
+    record, sample = pairs[0]
+    if record.crop is None:
+        return [1, 1]
+    image_width, image_height = open_image(sample.image_path).size
+    extent = (record.crop.height / image_height, record.crop.width / image_width)
+    return list(prior_tiles_for(extent))
+
+
 def multiple_of_32(side: float) -> int:
     return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
@@ -120,9 +133,13 @@ class TagDataModule(L.LightningDataModule):
 
 
 def build_tag_task(
-    config: Config, class_names: list[str], class_colours: list[list[int]] | None
+    config: Config,
+    class_names: list[str],
+    class_colours: list[list[int]] | None,
+    prior_tiles: list[int] | None = None,
 ) -> TagTask:
-    """The MIL task of the configured model, at the configured optimiser and learning rate."""
+    """The MIL task of the configured model, at the configured optimiser and learning rate;
+    ``prior_tiles`` (see :func:`tag_prior_tiles`) goes into the checkpoint."""
     model = config.model
     options = {
         "keep_prob": model.keep_prob,
@@ -143,6 +160,7 @@ def build_tag_task(
         class_names=class_names,
         input_size=[config.data.height, config.data.width],
         class_colours=class_colours,
+        prior_tiles=prior_tiles,
     )
 
 
@@ -154,9 +172,15 @@ def tag_training(
 ) -> tuple[TagTask, TagDataModule]:
     """The task and data module ``trainer.fit`` takes for ``train.supervision: tags``."""
     pairs = training_pairs(config, class_names, masks.train_samples)
-    return build_tag_task(config, class_names, class_colours), TagDataModule(
-        config, pairs, class_names, masks
-    )
+    task = build_tag_task(config, class_names, class_colours, tag_prior_tiles(pairs))
+    return task, TagDataModule(config, pairs, class_names, masks)
 
 
-__all__ = ["TagDataModule", "build_tag_task", "crop_input_size", "tag_training", "training_pairs"]
+__all__ = [
+    "TagDataModule",
+    "build_tag_task",
+    "crop_input_size",
+    "tag_prior_tiles",
+    "tag_training",
+    "training_pairs",
+]

@@ -153,6 +153,7 @@ def load_model(
         path=Path(path),
         class_colours=checked_colours(path, hparams.get("class_colours"), num_classes),
         lse_r=checked_lse_r(path, hparams),
+        prior_tiles=checked_prior_tiles(path, hparams),
     )
 
 
@@ -167,6 +168,20 @@ def state_prefix(path: Path, hparams: dict[str, Any]) -> str:
             "use its pseudo-labels (semseg pseudo-labels --method cam)"
         )
     return "model.model." if method == "mil" else "model."
+
+
+def checked_prior_tiles(path: Path, hparams: dict[str, Any]) -> tuple[int, int]:
+    """A MIL checkpoint's tiles of the tags' extent; ``(1, 1)`` (the whole frame) where it
+    records none (other checkpoints, MIL checkpoints of earlier releases)."""
+    tiles = hparams.get("prior_tiles") if hparams.get("method") == "mil" else None
+    if tiles is None:
+        return (1, 1)
+    from semseg.weak.mil import check_prior_tiles
+
+    try:
+        return check_prior_tiles(tuple(tiles) if isinstance(tiles, list | tuple) else tiles)
+    except SemsegError as error:
+        raise SemsegError(f"{path}: {error}") from None
 
 
 def checked_lse_r(path: Path, hparams: dict[str, Any]) -> float | None:

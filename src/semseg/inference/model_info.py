@@ -134,6 +134,8 @@ class LoadedModel:
     # A model trained from image-level tags by MIL (semseg.weak.tag_task): the r of its
     # Log-Sum-Exp pooling, for the image-level prior at inference; None for other models
     lse_r: float | None = None
+    # ... and the tiles (rows, columns) of its tags' extent, over which that prior is pooled
+    prior_tiles: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         if self.class_colours is None:

@@ -23,6 +23,14 @@ optionally smoothed by averaging them within superpixels (SLIC, Achanta et al., 
 Felzenszwalb & Huttenlocher's graph segmentation, IJCV 2004; scikit-image, the optional ``weak``
 extra) or within segments the caller provides; each pixel then takes the argmax class. Averaging
 within a segment and multiplying by a per-image constant commute, so the order does not matter.
+
+Tags of crops (``semseg derive --to tags --crop HxW``) teach the classifier to judge an extent
+of that size, not a whole frame: a class that fills a corner is "present" in its crop but its
+pooled score over the whole frame is low. The image-level prior is therefore computed per tile
+of the tags' extent (``MILInference.prior_tiles``, rows x columns of the frame, recorded in the
+checkpoint at training) and multiplies the pixels of its own tile; tags of whole images give one
+tile, the paper's prior. (Per tile, smoothing and the prior no longer commute exactly: the
+prior is applied first.)
 """
 
 from __future__ import annotations
@@ -139,6 +147,59 @@ def apply_image_prior(probabilities: Tensor, prior: Tensor) -> Tensor:
     )
 
 
+MAX_PRIOR_TILES = 64  # per side; a tag crop smaller than 1/64 of the frame teaches no prior
+
+
+def check_prior_tiles(tiles: object) -> tuple[int, int]:
+    """``(rows, columns)``: two whole numbers from 1 to :data:`MAX_PRIOR_TILES`."""
+    valid = (
+        isinstance(tiles, tuple | list)
+        and len(tiles) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in tiles)
+        and all(1 <= n <= MAX_PRIOR_TILES for n in tiles)
+    )
+    if not valid:
+        raise SemsegError(
+            f"prior tiles must be two whole numbers from 1 to {MAX_PRIOR_TILES}, got {tiles!r}"
+        )
+    return int(tiles[0]), int(tiles[1])
+
+
+def prior_tiles_for(extent: tuple[float, float]) -> tuple[int, int]:
+    """Tiles per side for tags of an extent given as fractions ``(crop height / image height,
+    crop width / image width)``: the nearest whole number of crops that covers each side."""
+    tiles = tuple(
+        min(MAX_PRIOR_TILES, max(1, round(1.0 / fraction))) if fraction > 0 else 1
+        for fraction in extent
+    )
+    return check_prior_tiles(tiles)
+
+
+def tile_slices(height: int, width: int, tiles: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Row-major ``(rows, columns)`` slices of an ``height x width`` grid cut into ``tiles``
+    nearly equal tiles (sides differ by at most one pixel)."""
+    rows = np.linspace(0, height, tiles[0] + 1).round().astype(int)
+    columns = np.linspace(0, width, tiles[1] + 1).round().astype(int)
+    return [
+        (slice(int(top), int(bottom)), slice(int(left), int(right)))
+        for top, bottom in zip(rows[:-1], rows[1:], strict=True)
+        for left, right in zip(columns[:-1], columns[1:], strict=True)
+        if bottom > top and right > left
+    ]
+
+
+def apply_tiled_prior(
+    probabilities: Tensor, scores: Tensor, lse_r: float, tiles: tuple[int, int] = (1, 1)
+) -> Tensor:
+    """:func:`apply_image_prior` per tile: the pixels of each tile of the ``(C, H, W)``
+    ``probabilities`` are weighted by the prior of the LSE-pooled ``scores`` of that tile."""
+    result = probabilities.clone()
+    for rows, columns in tile_slices(scores.shape[-2], scores.shape[-1], tiles):
+        prior = image_prior(lse_pool(scores[None, :, rows, columns], lse_r)[0])
+        result[:, rows, columns] = apply_image_prior(probabilities[:, rows, columns], prior)
+    return result
+
+
 def segment_mean(probabilities: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """Each pixel's ``(C, H, W)`` probabilities replaced by their mean over its segment.
 
@@ -193,9 +254,11 @@ class MILInference:
     image_prior: bool = True
     smoothing: str = "none"
     smoothing_params: tuple[tuple[str, Any], ...] = ()
+    prior_tiles: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         check_lse_r(self.lse_r)
+        check_prior_tiles(self.prior_tiles)
         if self.smoothing not in SMOOTHING:
             raise SemsegError(
                 f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(SMOOTHING)}"
@@ -210,7 +273,8 @@ def mil_probabilities(
 ) -> np.ndarray:
     """``(C, H, W)`` float32 class probabilities of one image from its ``(C, H, W)`` scores.
 
-    Applies the image-level prior (when ``settings.image_prior``) and averages within
+    Applies the image-level prior (when ``settings.image_prior``; per tile of
+    ``settings.prior_tiles``) and averages within
     ``segments`` when given, else within superpixels of ``image`` computed as
     ``settings.smoothing`` says.
     """
@@ -220,8 +284,9 @@ def mil_probabilities(
     scores = pixel_scores.detach().float().cpu()
     probabilities = pixel_probabilities(scores)
     if settings.image_prior:
-        prior = image_prior(lse_pool(scores[None], settings.lse_r)[0])
-        probabilities = apply_image_prior(probabilities, prior)
+        probabilities = apply_tiled_prior(
+            probabilities, scores, settings.lse_r, settings.prior_tiles
+        )
     result = probabilities.numpy().astype(np.float32)
     if segments is None and settings.smoothing != "none":
         if image is None:
@@ -248,12 +313,17 @@ SMOOTH_OPTIONS = {"none": "none", "superpixels": "slic", "segments": "felzenszwa
 
 
 def inference_settings(
-    lse_r: float | None, image_prior: bool, smooth: str, source: object = "the model"
+    lse_r: float | None,
+    image_prior: bool,
+    smooth: str,
+    source: object = "the model",
+    prior_tiles: tuple[int, int] = (1, 1),
 ) -> MILInference | None:
     """The MIL inference ``--image-prior`` / ``--smooth`` ask for (None: neither, plain argmax).
 
     ``lse_r`` is the model's LSE ``r`` (None: not a MIL model, refused); ``smooth`` one of
-    :data:`SMOOTH_OPTIONS`. scikit-image is checked here, before any image is read.
+    :data:`SMOOTH_OPTIONS`; ``prior_tiles`` the tiles of the tags' extent the checkpoint
+    records. scikit-image is checked here, before any image is read.
     """
     if smooth not in SMOOTH_OPTIONS:
         raise SemsegError(f"--smooth must be one of {', '.join(SMOOTH_OPTIONS)}, got {smooth!r}")
@@ -269,7 +339,12 @@ def inference_settings(
             import skimage.segmentation  # noqa: F401
         except ImportError as error:
             raise SemsegError(f"--smooth {smooth} needs scikit-image: {INSTALL_HINT}") from error
-    return MILInference(lse_r=lse_r, image_prior=image_prior, smoothing=SMOOTH_OPTIONS[smooth])
+    return MILInference(
+        lse_r=lse_r,
+        image_prior=image_prior,
+        smoothing=SMOOTH_OPTIONS[smooth],
+        prior_tiles=prior_tiles,
+    )
 
 
 __all__ = [
@@ -279,12 +354,16 @@ __all__ = [
     "MILInference",
     "MILSegmenter",
     "apply_image_prior",
+    "apply_tiled_prior",
+    "check_prior_tiles",
     "image_prior",
     "lse_pool",
     "mil_labels",
     "mil_loss",
     "mil_probabilities",
     "pixel_probabilities",
+    "prior_tiles_for",
     "segment_mean",
     "superpixels",
+    "tile_slices",
 ]

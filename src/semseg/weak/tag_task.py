@@ -80,8 +80,10 @@ class TagDataset(Dataset):
 class TagTask(L.LightningModule):
     """Tag supervision as one LightningModule (``method`` ``mil`` or ``cam``, see module
     docstring); the optimiser is Adam at ``lr`` (or ``optimizer`` of :mod:`semseg.tasks.recipe`).
-    ``class_names``, ``input_size`` and ``class_colours`` are kept in the checkpoint for
-    ``semseg predict``/``evaluate`` (a MIL checkpoint loads like any segmentation checkpoint).
+    ``class_names``, ``input_size``, ``class_colours`` and (MIL) ``prior_tiles``, the tiles of
+    the tags' extent over which the image-level prior is pooled at inference, are kept in the
+    checkpoint for ``semseg predict``/``evaluate`` (a MIL checkpoint loads like any
+    segmentation checkpoint).
     Logged: ``train_loss``; ``val_loss`` and ``val_tag_map`` (tag batches), ``val_miou`` (mask
     batches, MIL only)."""
 
@@ -99,6 +101,7 @@ class TagTask(L.LightningModule):
         class_names: list[str] | None = None,
         input_size: list[int] | None = None,
         class_colours: list[list[int]] | None = None,
+        prior_tiles: list[int] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
