@@ -29,6 +29,17 @@ def test_scores_keep_the_layers_dtype_without_autocast():
     assert scores_in_float32(layer, torch.randn(1, 8, 3, 3).bfloat16()).dtype == torch.bfloat16
 
 
+def test_bf16_weights_under_autocast_run_as_autocast_has_them():
+    """The compiled bf16 inference paths convert the weights and run under autocast too."""
+    layer = nn.Conv2d(8, 2, 1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scores_in_float32(layer, torch.randn(1, 8, 3, 3))
+    assert out.dtype == torch.bfloat16
+    model = build_model("fcn8s", 2, width_mult=0.125).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.rand(1, 3, 64, 96)).shape == (1, 2, 64, 96)
+
+
 def test_fcn_vgg16_scores_fc7_in_float32_under_autocast():
     model = build_model("fcn8s", 2, width_mult=0.125)
     seen: list[torch.dtype] = []

@@ -83,9 +83,12 @@ def scores_in_float32(layer: nn.Module, x: Tensor) -> Tensor:
     weight-gradient kernel corrupts the heap for a 1x1 convolution from 4096 channels to a
     handful of classes (batch 4 or more; the process aborts with "corrupted double-linked list"
     in ``--precision bf16-mixed`` training). The layer is a few thousand multiply-adds per pixel
-    of the stride-32 map, so float32 costs next to nothing.
+    of the stride-32 map, so float32 costs next to nothing. A layer whose weights are already
+    bfloat16 (the compiled bf16 inference paths) runs as autocast has it.
     """
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    weight = getattr(layer, "weight", None)
+    float32_weights = weight is None or weight.dtype == torch.float32
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and float32_weights:
         with torch.autocast("cpu", enabled=False):
             return layer(x.float())
     return layer(x)
