@@ -132,7 +132,7 @@ def test_program_is_quantized_once_matches_fp32_and_is_rebuilt_when_stale(
     key = pt2e.program_key(loaded, autotune.checkpoint_sha256(checkpoint))
     manifest = json.loads(key.path().with_name(key.path().name + ".json").read_text())
     assert manifest["parity_ok"] and manifest["calibration_images"] == 4
-    assert manifest["key"]["extra"] == f"torchao {pt2e.torchao_version()}"
+    assert manifest["key"]["extra"] == f"torchao {pt2e.torchao_version()}; guard {quantize.GUARD}"
 
     def explode():
         raise AssertionError("a cached program must not read calibration images")

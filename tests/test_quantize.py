@@ -196,7 +196,7 @@ def test_excluded_nodes_stay_fp32(work: Path, fp32: Path, scenes: list[np.ndarra
 
 
 def test_compare_models_matches_independent_scores(
-    int8: Path, fp32: Path, kitti: Path, checkpoint: Path
+    int8: Path, fp32: Path, kitti: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ):
     samples = labelled_samples(kitti)
     from semseg.data.kitti import read_sample
@@ -219,6 +219,36 @@ def test_compare_models_matches_independent_scores(
     assert comparison.metric == "MaxF" and comparison.images == len(samples)
     assert comparison.label_agreement >= MIN_AGREEMENT
     assert 0.0 < comparison.mean_abs_prob_diff <= comparison.max_abs_prob_diff < 0.25
+    # the share of pixels moved by more than the guard's limit, counted by hand at a limit
+    # half the largest change (so that some pixels are over it)
+    limit = comparison.max_abs_prob_diff / 2
+    from semseg.inference.quantize import onnx_predictor
+
+    moved = total = 0
+    for image in images.images:
+        (p_q,) = onnx_predictor(int8, 1).predict_batch([image])
+        (p_f,) = onnx_predictor(fp32, 1).predict_batch([image])
+        moved += int((np.abs(p_q - p_f).max(axis=0) > limit).sum())
+        total += p_f[0].size
+    from semseg.inference import quantize
+
+    monkeypatch.setattr(quantize, "MAX_PROB_ERROR", limit)
+    at_limit = compare_models(fp32, int8, images, threads=1)
+    assert moved > 0 and at_limit.moved_share == pytest.approx(moved / total, abs=1e-12)
+    assert comparison.moved_share == 0.0  # nothing moved by more than 0.25 (max above)
+
+
+def test_guard_failure_on_hand_made_numbers():
+    from semseg.inference.quantize import guard_failure
+
+    assert guard_failure(0.995, 0.0005) == ""  # 99.5% agree, 0.05% of pixels moved > 0.25
+    assert guard_failure(0.995, 0.001) == ""  # at the limit
+    assert (
+        guard_failure(0.995, 0.002)
+    ) == "probabilities moved by more than 0.25 on 0.200% of the pixels (> 0.1%)"
+    assert guard_failure(0.985, 0.0) == "labels agree on 98.50% of the pixels (< 99%)"
+    assert guard_failure(0.985, 0.0, min_agreement=0.98) == ""
+    assert guard_failure(0.995, 0.002, max_moved_share=0.01) == ""
 
 
 def test_parity_guard_accepts_its_own_model_and_refuses_others(

@@ -61,7 +61,10 @@ def int8_key(loaded: LoadedModel, sha256: str):
     from semseg.inference.artefacts import key_for
 
     tried = ",".join(CALIBRATIONS)
-    return key_for(loaded, sha256, "onnx", "int8", extra=f"calibration best of {tried}")
+    from semseg.inference.quantize import GUARD
+
+    extra = f"calibration best of {tried}; guard {GUARD}"
+    return key_for(loaded, sha256, "onnx", "int8", extra=extra)
 
 
 def fits_model(path: Path, loaded: LoadedModel, sha256: str) -> str | None:
@@ -158,7 +161,7 @@ def quantize_closest(
                 fp32,
                 calibration,
                 min_agreement=quantize.MIN_LABEL_AGREEMENT,
-                max_prob_error=quantize.MAX_PROB_ERROR,
+                max_moved_share=quantize.MAX_MOVED_SHARE,
                 threads=threads,
             ),
         )

@@ -24,7 +24,8 @@ the share of pixels whose argmax label agrees, and the largest and mean absolute
 the softmax probabilities, all at each image's full resolution as ``semseg predict`` computes
 them. :func:`int8_parity_ok` is the guard a backend chooser applies before it runs an int8 model
 instead of fp32: same checkpoint, classes and input size, label agreement at least
-:data:`MIN_LABEL_AGREEMENT` and max probability error at most :data:`MAX_PROB_ERROR`.
+:data:`MIN_LABEL_AGREEMENT`, and at most :data:`MAX_MOVED_SHARE` of the pixels with a
+probability moved by more than :data:`MAX_PROB_ERROR`.
 
 The int8 file carries the fp32 export's ``metadata_props`` (checkpoint sha256, input size,
 class names, ...) plus ``precision=int8``, the calibration method and image count, the nodes kept
@@ -66,9 +67,18 @@ MIN_LABEL_AGREEMENT = 0.99
 """Smallest share of pixels whose int8 argmax label equals fp32's that :func:`int8_parity_ok`
 accepts."""
 MAX_PROB_ERROR = 0.25
-"""Largest max |p_int8 - p_fp32| (softmax probability, any class, any pixel) that
-:func:`int8_parity_ok` accepts. int8 moves a few pixels' probabilities by far more than bf16 does
-(whose tolerance is 0.02); the label agreement above is the stricter half of the guard."""
+"""A pixel whose softmax probability of any class moves by more than this (|p_int8 - p_fp32|)
+counts as moved; int8 moves a few pixels' probabilities by far more than bf16 does (whose
+tolerance is 0.02)."""
+MAX_MOVED_SHARE = 0.001
+"""Largest share of the pixels moved by more than :data:`MAX_PROB_ERROR` that
+:func:`int8_parity_ok` accepts. A share, not the single largest change: the largest of a
+million pixels' changes grows with the number of pixels checked, so a guard on it refused more
+often the more calibration images a user gave (a VGG16 at 94 MaxF whose int8 labels agree on
+99.4% of the pixels moved its worst pixel by 0.33)."""
+GUARD = f"labels >= {MIN_LABEL_AGREEMENT:g}, moved > {MAX_PROB_ERROR:g} on <= {MAX_MOVED_SHARE:g}"
+"""The guard's thresholds, part of the key of every cached int8 model: a verdict reached under
+other thresholds is not reused."""
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 """/proc/cpuinfo flags of x86 CPUs with 8-bit dot-product instructions."""
 COMPARED_KEYS = ("num_classes", "class_names", "input_size")
@@ -262,6 +272,7 @@ class Comparison:
     label_agreement: float
     max_abs_prob_diff: float
     mean_abs_prob_diff: float
+    moved_share: float = 0.0  # share of the pixels with a probability moved > MAX_PROB_ERROR
     metric: str = ""  # "MaxF" (binary, positive class) or "mIoU"; "" where the data has no labels
     fp32_score: float | None = None
     int8_score: float | None = None
@@ -280,7 +291,10 @@ class Comparison:
                 f"({self.score_diff:+.2f})"
             )
         parts.append(f"labels agree {100 * self.label_agreement:.3f}%")
-        parts.append(f"max |dp| {self.max_abs_prob_diff:.3g}, mean {self.mean_abs_prob_diff:.2g}")
+        parts.append(
+            f"max |dp| {self.max_abs_prob_diff:.3g}, mean {self.mean_abs_prob_diff:.2g}, "
+            f"> {MAX_PROB_ERROR:g} on {100 * self.moved_share:.3f}% of the pixels"
+        )
         return "; ".join(parts) + f" on {self.images} image(s)"
 
 
@@ -321,7 +335,7 @@ def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) 
         raise SemsegError("no images to compare the int8 model on")
     loaded = predictor.loaded
     scores = {key: SpaceScores(loaded.num_classes, loaded.positive_class) for key in "fq"}
-    agree = total = 0
+    agree = total = moved = 0
     worst, error_sum = 0.0, 0.0
     for index, image in enumerate(images.images):
         (p_int8,) = predictor.predict_batch([image])
@@ -331,6 +345,7 @@ def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) 
         total += labels_fp32.size
         difference = np.abs(p_int8 - p_fp32)
         worst = max(worst, float(difference.max()))
+        moved += int((difference.max(axis=0) > MAX_PROB_ERROR).sum())
         error_sum += float(difference.mean()) * labels_fp32.size
         if images.masks is not None:
             mask, category = images.masks[index], images.categories[index]
@@ -339,7 +354,7 @@ def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) 
             positive = loaded.positive_class
             scores["f"].update(category, p_fp32[positive], labels_fp32, mask)
             scores["q"].update(category, p_int8[positive], labels_int8, mask)
-    comparison = Comparison(len(images), agree / total, worst, error_sum / total)
+    comparison = Comparison(len(images), agree / total, worst, error_sum / total, moved / total)
     if images.masks is not None:
         binary = loaded.num_classes == 2
         key = "max_f" if binary else "miou"
@@ -383,13 +398,14 @@ def int8_parity_ok(
     fp32: str | Path,
     images: Sequence[np.ndarray],
     min_agreement: float = MIN_LABEL_AGREEMENT,
-    max_prob_error: float = MAX_PROB_ERROR,
+    max_moved_share: float = MAX_MOVED_SHARE,
     threads: int | None = None,
 ) -> Parity:
     """Whether the int8 model may stand in for the fp32 one: it was quantized from the same
     checkpoint for the same classes and input size, and on ``images`` (any size: resized as
     :class:`Predictor` does) its labels agree with fp32's on at least ``min_agreement`` of the
-    pixels and no probability moves by more than ``max_prob_error``.
+    pixels and at most ``max_moved_share`` of the pixels have a probability moved by more than
+    :data:`MAX_PROB_ERROR`.
 
     Never raises for a model that does not fit: ``ok`` is False and ``reason`` says why (a
     missing or unreadable file, another checkpoint, class table or size, too large an error).
@@ -409,7 +425,7 @@ def int8_parity_ok(
     except SemsegError as error:
         return Parity(False, str(error))
     failed = guard_failure(
-        comparison.label_agreement, comparison.max_abs_prob_diff, min_agreement, max_prob_error
+        comparison.label_agreement, comparison.moved_share, min_agreement, max_moved_share
     )
     if failed:
         return Parity(False, failed, comparison)
@@ -418,16 +434,22 @@ def int8_parity_ok(
 
 def guard_failure(
     agreement: float,
-    max_abs_prob_diff: float,
-    min_agreement: float = MIN_LABEL_AGREEMENT,
-    max_prob_error: float = MAX_PROB_ERROR,
+    moved_share: float,
+    min_agreement: float | None = None,
+    max_moved_share: float | None = None,
 ) -> str:
-    """Why an int8 model with this label agreement and largest probability change fails the
-    parity guard ("" where it passes); shared by every int8 path."""
+    """Why an int8 model with this label agreement and share of pixels moved by more than
+    :data:`MAX_PROB_ERROR` fails the parity guard ("" where it passes); shared by every int8
+    path. The thresholds default to :data:`MIN_LABEL_AGREEMENT` and :data:`MAX_MOVED_SHARE`."""
+    min_agreement = MIN_LABEL_AGREEMENT if min_agreement is None else min_agreement
+    max_moved_share = MAX_MOVED_SHARE if max_moved_share is None else max_moved_share
     if agreement < min_agreement:
         return f"labels agree on {100 * agreement:.2f}% of the pixels (< {100 * min_agreement:g}%)"
-    if max_abs_prob_diff > max_prob_error:
-        return f"max |dp| {max_abs_prob_diff:.3g} > {max_prob_error:g}"
+    if moved_share > max_moved_share:
+        return (
+            f"probabilities moved by more than {MAX_PROB_ERROR:g} on {100 * moved_share:.3f}% "
+            f"of the pixels (> {100 * max_moved_share:g}%)"
+        )
     return ""
 
 
