@@ -73,26 +73,28 @@ def crop_input_size(config: Config, pairs: Sequence[tuple[TagRecord, Sample]]) -
     data.width``; a crop is resized by the same factors (so objects keep the scale they have
     at inference), rounded to a multiple of 32."""
     height, width = config.data.height, config.data.width
+    extent = tag_extent(pairs)
+    if extent is None:
+        return height, width
+    return multiple_of_32(extent[0] * height), multiple_of_32(extent[1] * width)
+
+
+def tag_extent(pairs: Sequence[tuple[TagRecord, Sample]]) -> tuple[float, float] | None:
+    """The tags' extent as fractions of the image (crop height / image height, crop width /
+    image width), from the first record's crop; None for tags of whole images."""
     record, sample = pairs[0]
     if record.crop is None:
-        return height, width
+        return None
     image_width, image_height = open_image(sample.image_path).size
-    return (
-        multiple_of_32(record.crop.height * height / image_height),
-        multiple_of_32(record.crop.width * width / image_width),
-    )
+    return record.crop.height / image_height, record.crop.width / image_width
 
 
 def tag_prior_tiles(pairs: Sequence[tuple[TagRecord, Sample]]) -> list[int]:
     """Tiles of the frame (rows, columns) of the tags' extent, for the image-level prior at
-    inference (:func:`semseg.weak.mil.prior_tiles_for`): the first record's crop, as
-    :func:`crop_input_size` takes it; ``[1, 1]`` for tags of whole images."""
-    record, sample = pairs[0]
-    if record.crop is None:
-        return [1, 1]
-    image_width, image_height = open_image(sample.image_path).size
-    extent = (record.crop.height / image_height, record.crop.width / image_width)
-    return list(prior_tiles_for(extent))
+    inference (:func:`semseg.weak.mil.prior_tiles_for`); ``[1, 1]`` for tags of whole
+    images."""
+    extent = tag_extent(pairs)
+    return [1, 1] if extent is None else list(prior_tiles_for(extent))
 
 
 def multiple_of_32(side: float) -> int:
@@ -180,6 +182,7 @@ __all__ = [
     "TagDataModule",
     "build_tag_task",
     "crop_input_size",
+    "tag_extent",
     "tag_prior_tiles",
     "tag_training",
     "training_pairs",

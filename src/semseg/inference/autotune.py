@@ -383,15 +383,14 @@ def parity_problem(candidate: Candidate, probabilities: Tensor, reference: Tenso
     """Why ``candidate``'s probabilities are not close enough to fp32 eager's ("" if they are):
     fp32 and bf16 by the largest change; int8 by the parity guard of every int8 path
     (:func:`semseg.inference.quantize.guard_failure`)."""
-    difference = (probabilities - reference).abs()
     if candidate.precision == "int8":
-        from semseg.inference.quantize import MAX_PROB_ERROR, guard_failure
+        from semseg.inference.quantize import ParityCounts
 
-        agreement = float((probabilities.argmax(1) == reference.argmax(1)).float().mean())
-        moved_share = float((difference.amax(dim=1) > MAX_PROB_ERROR).float().mean())
-        return guard_failure(agreement, moved_share)
+        counts = ParityCounts()
+        counts.add(probabilities.detach().cpu().numpy(), reference.cpu().numpy(), class_axis=1)
+        return counts.failure()
     tolerance = PARITY_TOLERANCE[candidate.precision]
-    worst = float(difference.max())
+    worst = float((probabilities - reference).abs().max())
     if not worst <= tolerance:
         return f"parity {worst:.2g} > {tolerance:g}"
     return ""

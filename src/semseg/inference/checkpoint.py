@@ -179,7 +179,7 @@ def checked_prior_tiles(path: Path, hparams: dict[str, Any]) -> tuple[int, int]:
     from semseg.weak.mil import check_prior_tiles
 
     try:
-        return check_prior_tiles(tuple(tiles) if isinstance(tiles, list | tuple) else tiles)
+        return check_prior_tiles(tiles)
     except SemsegError as error:
         raise SemsegError(f"{path}: {error}") from None
 

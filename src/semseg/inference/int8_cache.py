@@ -59,10 +59,9 @@ def images_of(source: ImageSource) -> list[np.ndarray]:
 
 def int8_key(loaded: LoadedModel, sha256: str):
     from semseg.inference.artefacts import key_for
-
-    tried = ",".join(CALIBRATIONS)
     from semseg.inference.quantize import GUARD
 
+    tried = ",".join(CALIBRATIONS)
     extra = f"calibration best of {tried}; guard {GUARD}"
     return key_for(loaded, sha256, "onnx", "int8", extra=extra)
 

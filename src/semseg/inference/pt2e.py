@@ -209,28 +209,23 @@ class Parity:
 
 def parity(backend: InferenceBackend, loaded: LoadedModel, images: Sequence[np.ndarray]) -> Parity:
     """The parity guard of :mod:`semseg.inference.quantize` at the model's input size."""
-    from semseg.inference.quantize import MAX_PROB_ERROR, guard_failure
+    from semseg.inference.quantize import MAX_PROB_ERROR, ParityCounts
 
-    agree = total = moved = 0
-    worst = 0.0
+    counts = ParityCounts()
     model = loaded.model.eval()
     for image in images:
         x = example_input(loaded, image)
         with torch.no_grad():
             expected = model(x).float().softmax(dim=1)
         got = backend.logits(x).softmax(dim=1)
-        agree += int((got.argmax(1) == expected.argmax(1)).sum())
-        total += expected[:, 0].numel()
-        difference = (got - expected).abs()
-        worst = max(worst, float(difference.max()))
-        moved += int((difference.amax(dim=1) > MAX_PROB_ERROR).sum())
-    agreement, moved_share = agree / max(total, 1), moved / max(total, 1)
-    failed = guard_failure(agreement, moved_share)
+        counts.add(got.detach().numpy(), expected.numpy(), class_axis=1)
+    failed = counts.failure()
     summary = (
-        f"labels agree {100 * agreement:.3f}%, max |dp| {worst:.3g}, "
-        f"> {MAX_PROB_ERROR:g} on {100 * moved_share:.3f}% of the pixels"
+        f"labels agree {100 * counts.agreement:.3f}%, max |dp| {counts.worst:.3g}, "
+        f"> {MAX_PROB_ERROR:g} on {100 * counts.moved_share:.3f}% of the pixels"
     )
-    return Parity(not failed, failed or summary, agreement, worst, moved_share)
+    verdict = failed or summary
+    return Parity(not failed, verdict, counts.agreement, counts.worst, counts.moved_share)
 
 
 def program_key(loaded: LoadedModel, sha256: str):

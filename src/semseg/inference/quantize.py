@@ -326,6 +326,47 @@ def compare_models(
     return compare_predictor(onnx_predictor(Path(int8), threads), images, reference)
 
 
+@dataclass
+class ParityCounts:
+    """int8 against fp32 probabilities, added up image by image: what the parity guard and
+    :class:`Comparison` are computed from, the same way on every int8 path."""
+
+    pixels: int = 0
+    agree: int = 0  # pixels whose argmax label is the same
+    moved: int = 0  # pixels with a class probability moved by more than MAX_PROB_ERROR
+    worst: float = 0.0  # the largest |p_int8 - p_fp32|
+    error_sum: float = 0.0  # of |p_int8 - p_fp32| averaged over the classes of each pixel
+
+    def add(
+        self, p_int8: np.ndarray, p_fp32: np.ndarray, class_axis: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Count one image's (or batch's) probabilities; returns both argmax label maps."""
+        labels_int8, labels_fp32 = p_int8.argmax(axis=class_axis), p_fp32.argmax(axis=class_axis)
+        difference = np.abs(p_int8 - p_fp32)
+        self.pixels += labels_fp32.size
+        self.agree += int((labels_int8 == labels_fp32).sum())
+        self.moved += int((difference.max(axis=class_axis) > MAX_PROB_ERROR).sum())
+        self.worst = max(self.worst, float(difference.max()))
+        self.error_sum += float(difference.mean()) * labels_fp32.size
+        return labels_int8, labels_fp32
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / max(self.pixels, 1)
+
+    @property
+    def moved_share(self) -> float:
+        return self.moved / max(self.pixels, 1)
+
+    @property
+    def mean_abs(self) -> float:
+        return self.error_sum / max(self.pixels, 1)
+
+    def failure(self) -> str:
+        """:func:`guard_failure` of these counts at the guard's thresholds."""
+        return guard_failure(self.agreement, self.moved_share)
+
+
 def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) -> Comparison:
     """:func:`compare_models` for any int8 :class:`~semseg.inference.predictor.Predictor` (the
     onnxruntime int8 model, or torch's PT2E one) against fp32 probabilities of ``images``."""
@@ -335,18 +376,11 @@ def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) 
         raise SemsegError("no images to compare the int8 model on")
     loaded = predictor.loaded
     scores = {key: SpaceScores(loaded.num_classes, loaded.positive_class) for key in "fq"}
-    agree = total = moved = 0
-    worst, error_sum = 0.0, 0.0
+    counts = ParityCounts()
     for index, image in enumerate(images.images):
         (p_int8,) = predictor.predict_batch([image])
         p_fp32 = reference[index]
-        labels_int8, labels_fp32 = p_int8.argmax(axis=0), p_fp32.argmax(axis=0)
-        agree += int((labels_int8 == labels_fp32).sum())
-        total += labels_fp32.size
-        difference = np.abs(p_int8 - p_fp32)
-        worst = max(worst, float(difference.max()))
-        moved += int((difference.max(axis=0) > MAX_PROB_ERROR).sum())
-        error_sum += float(difference.mean()) * labels_fp32.size
+        labels_int8, labels_fp32 = counts.add(p_int8, p_fp32)
         if images.masks is not None:
             mask, category = images.masks[index], images.categories[index]
             if category in (None, "all"):  # a folder dataset's images: one group of their own
@@ -354,7 +388,9 @@ def compare_predictor(predictor, images: ImageSet, reference: list[np.ndarray]) 
             positive = loaded.positive_class
             scores["f"].update(category, p_fp32[positive], labels_fp32, mask)
             scores["q"].update(category, p_int8[positive], labels_int8, mask)
-    comparison = Comparison(len(images), agree / total, worst, error_sum / total, moved / total)
+    comparison = Comparison(
+        len(images), counts.agreement, counts.worst, counts.mean_abs, counts.moved_share
+    )
     if images.masks is not None:
         binary = loaded.num_classes == 2
         key = "max_f" if binary else "miou"
