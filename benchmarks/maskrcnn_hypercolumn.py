@@ -8,10 +8,10 @@ per-class IoU over its 11 classes, KITTI Road's devkit MaxF and road IoU). An en
 ``DATASET/MODEL[@grid=K]``:
 
 * ``camvid/...``: ``configs/camvid_fast_cpu.yaml`` with only ``model.name`` changed (FCN-8s on
-  ResNet-18 is that config's own model; ``hypercolumn`` uses its ResNet-18 too) — except
+  MobileNetV3-Large is that config's own model; ``hypercolumn`` uses its encoder too) — except
   ``camvid/maskrcnn-semantic``, which needs its own schedule, ``configs/camvid_maskrcnn.yaml``
-  (AdamW at 2e-4 instead of 1e-3, a two-epoch warm-up, batch 4: Mask R-CNN from scratch is known
-  to diverge without a warm-up and a modest lr); same data, input size, augmentation, seed and
+  (the same AdamW lr after half an epoch of warm-up, batch 4, weight decay 1e-4: Mask R-CNN from
+  scratch is known to diverge without a warm-up); same data, input size, augmentation, seed and
   budget.
 * ``kitti/...``: ``configs/kitti_fast_cpu.yaml`` with only ``model.name`` changed.
 * ``@grid=K``: hypercolumn's K x K location-specific classifiers (default 2).

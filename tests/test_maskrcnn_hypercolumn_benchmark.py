@@ -45,7 +45,10 @@ def test_only_the_model_changes_except_for_maskrcnn(tmp_path: Path) -> None:
     assert config.train.max_time_s == 10 and config.train.clock == "cpu"
     maskrcnn = bench.entry_config(bench.parse_entry("camvid/maskrcnn-semantic"), args)
     assert bench.parse_entry("camvid/maskrcnn-semantic").config_name == "camvid_maskrcnn"
-    assert maskrcnn.train.lr < config.train.lr and maskrcnn.train.warmup_epochs == 2.0
+    assert maskrcnn.train.lr == config.train.lr and maskrcnn.train.batch_size < 8
+    # as many warm-up steps as the recipe's: epochs / batch size (steps per epoch) agree
+    maskrcnn_warmup = maskrcnn.train.warmup_epochs / maskrcnn.train.batch_size
+    assert maskrcnn_warmup == config.train.warmup_epochs / config.train.batch_size
     assert (maskrcnn.data.height, maskrcnn.data.width) == (config.data.height, config.data.width)
 
 

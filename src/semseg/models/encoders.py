@@ -274,6 +274,9 @@ class ResNetEncoder(Encoder):
 
 # --- MobileNetV3-Large -------------------------------------------------------------------------
 
+# torchvision's eps with PyTorch's default momentum (see MobileNetV3Encoder)
+MOBILENET_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+
 
 class MobileNetV3Encoder(Encoder):
     """torchvision's MobileNetV3-Large ``features`` (no classifier); taps blocks 6, 12 and 16.
@@ -289,9 +292,8 @@ class MobileNetV3Encoder(Encoder):
         super().__init__()
         import torchvision
 
-        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
         self.features = torchvision.models.mobilenet_v3_large(
-            weights=None, norm_layer=norm_layer
+            weights=None, norm_layer=MOBILENET_NORM
         ).features
         self.dropout = nn.Dropout(p=1.0 - keep_prob)
         stages: list[StageInfo] = []

@@ -24,8 +24,9 @@ per pixel by the grid weights (:func:`grid_weights`) into ``(N, num_classes, H, 
 The ``K x K`` grid spans the network's input frame: the image padded at the bottom and right to a
 multiple of 32 (less than 32 pixels; none at sizes that are multiples of 32, such as CamVid's
 240 x 320 training size). Registered as ``hypercolumn``; options ``grid`` (K, default 2),
-``backbone`` (default ``vgg16``, the paper's network; the CamVid and KITTI recipes pick
-``resnet18``), ``keep_prob``, ``width_mult``, ``pretrained`` and ``backbone_weights``.
+``backbone`` (default ``vgg16``, the paper's network; the CamVid recipe picks
+``mobilenet_v3_large`` and the KITTI recipe ``resnet18``), ``keep_prob``, ``width_mult``,
+``pretrained`` and ``backbone_weights``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ run on levels 0-2. The semantic head, as Panoptic FPN's, has one 3x3 convolution
 ReLU) per level, upsampled bilinearly to stride 8 and summed, and a 1x1 convolution to the
 ``S`` stuff classes plus one "thing" channel (every thing pixel is one class for it, as in the
 paper), upsampled bilinearly to the input. Images are not resized by the detector (the data
-pipeline sizes them) and are normalised with ImageNet's mean and standard deviation.
+pipeline sizes them) and are normalised with ImageNet's mean and standard deviation. BatchNorm
+momentum is 0.1, as in :class:`semseg.models.encoders.MobileNetV3Encoder`: torchvision's 0.01
+leaves the running statistics far behind the weights over a CPU budget's few hundred steps.
 
 Shapes. ``forward(images)`` in eval mode: ``(N, 3, H, W)`` RGB in [0, 1] to ``(N, num_classes,
 H, W)`` log-probabilities: where an instance was pasted, its class has probability 1; elsewhere
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.models.base import IMAGENET_MEAN, IMAGENET_STD
+from semseg.models.encoders import MOBILENET_NORM
 from semseg.models.registry import register_model
 
 IGNORE_INDEX = 255  # void in the training masks (semseg.config.IGNORE_INDEX)
@@ -144,7 +147,9 @@ def build_detector(num_detection_classes: int, width_mult: float) -> nn.Module:
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
-    features = torchvision.models.mobilenet_v3_large(weights=None, width_mult=width_mult).features
+    features = torchvision.models.mobilenet_v3_large(
+        weights=None, width_mult=width_mult, norm_layer=MOBILENET_NORM
+    ).features
     channels = max(16, round(FPN_CHANNELS * width_mult))
     backbone = BackboneWithFPN(
         features,
